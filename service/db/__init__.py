@@ -1,0 +1,1 @@
+"""Database: the embedded server, the engine, typed tables, queries and view SQL."""

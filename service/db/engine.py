@@ -1,0 +1,61 @@
+"""The database URL in use and the SQLAlchemy engine; the same path for embedded and external."""
+
+from __future__ import annotations
+
+import functools
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from service import errors, settings
+from service.db import server
+
+
+def url(config: settings.Settings) -> str:
+    """The libpq URL in use: DATABASE_URL if set, else the embedded server (started if needed)."""
+    if config.database_url:
+        scheme, rest = config.database_url.split("://", 1)
+        return "postgresql://" + rest if scheme != "postgresql" else config.database_url
+    return server.ensure_running(config.home)
+
+
+def sqlalchemy_url(libpq_url: str) -> str:
+    """The same URL for SQLAlchemy's psycopg 3 dialect."""
+    return "postgresql+psycopg://" + libpq_url.split("://", 1)[1]
+
+
+def create(libpq_url: str, connect_timeout: int = 5) -> Engine:
+    """An engine for `libpq_url`, checked by connecting once (DatabaseUnreachable if not)."""
+    engine = sa.create_engine(
+        sqlalchemy_url(libpq_url),
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": connect_timeout, "application_name": "latent-trees"},
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        raise errors.DatabaseUnreachable(
+            f"database unreachable at {redact(libpq_url)}"
+        ) from exc.orig
+    return engine
+
+
+def redact(libpq_url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(libpq_url)
+    except psycopg.ProgrammingError:
+        return "<unparseable URL>"
+    if "password" in info:
+        info["password"] = "***"
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+
+@functools.cache
+def get() -> Engine:
+    """The engine of this process, from the settings."""
+    config = settings.get()
+    return create(url(config), config.connect_timeout)

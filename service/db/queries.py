@@ -1,0 +1,86 @@
+"""Queries shared by the CLI, the jobs and the API. Functions take a Connection and never commit."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import Connection
+
+from service import errors
+from service.db import tables
+
+_NAME = re.compile(tables.NAME_PATTERN)
+
+
+def check_name(kind: str, name: str) -> str:
+    """`name` if it is a valid family name or sae name part, else a BadInput error."""
+    if not _NAME.match(name):
+        raise errors.BadInput(
+            f"{kind} name {name!r}: expected letters, digits and '_.:+-', no '/' or spaces"
+        )
+    return name
+
+
+def create_family(conn: Connection, name: str) -> int:
+    """Register a family; DuplicateFamily if the name is taken."""
+    check_name("family", name)
+    inserted = conn.execute(
+        pg.insert(tables.Family)
+        .values(name=name)
+        .on_conflict_do_nothing(index_elements=["name"])
+        .returning(tables.Family.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        raise errors.DuplicateFamily(f"family {name!r} already exists")
+    return int(inserted)
+
+
+def family_id(conn: Connection, name: str) -> int:
+    """The id of family `name`; UnknownFamily if there is none."""
+    found = conn.execute(
+        sa.select(tables.Family.id).where(tables.Family.name == name)
+    ).scalar_one_or_none()
+    if found is None:
+        raise errors.UnknownFamily(f"unknown family {name!r}")
+    return int(found)
+
+
+def status(conn: Connection) -> dict[str, Any]:
+    """Families with their saes (by level) and the number of jobs in each state."""
+    f, s = tables.Family, tables.Sae
+    level = sa.func.rank().over(partition_by=s.family_id, order_by=s.d_sae).label("level")
+    n_latents = (
+        sa.select(sa.func.count())
+        .where(tables.Latent.sae_id == s.id)
+        .scalar_subquery()
+        .label("n_latents")
+    )
+    sae_rows = conn.execute(
+        sa.select(s.family_id, s.name, s.d_sae, s.state, level, n_latents).order_by(
+            s.family_id, s.d_sae
+        )
+    ).all()
+    saes: dict[int, list[dict[str, Any]]] = {}
+    for row in sae_rows:
+        saes.setdefault(row.family_id, []).append(
+            {
+                "name": row.name,
+                "d_sae": row.d_sae,
+                "level": row.level,
+                "state": row.state,
+                "n_latents": row.n_latents,
+            }
+        )
+    families = [
+        {"name": row.name, "n_tokens": row.n_tokens, "saes": saes.get(row.id, [])}
+        for row in conn.execute(sa.select(f.id, f.name, f.n_tokens).order_by(f.name))
+    ]
+    jobs = {state: 0 for state in tables.JOB_STATES}
+    for state, count in conn.execute(
+        sa.select(tables.Job.state, sa.func.count()).group_by(tables.Job.state)
+    ):
+        jobs[state] = count
+    return {"families": families, "jobs": jobs}

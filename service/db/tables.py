@@ -1,0 +1,166 @@
+"""Typed tables. Rows stay narrow (integer ids, float4 scores): edges number tens of millions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JOB_STATES = ("pending", "running", "done", "failed")
+SAE_STATES = ("ready", "retired")
+# A family or sae name part: no slash (labels are family/sae/index) and no spaces.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:+-]*$"
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar = {dict[str, Any]: pg.JSONB}
+
+
+def _now() -> sa.TextClause:
+    return sa.text("now()")
+
+
+class Family(Base):
+    """A named series of saes on one model site, compared on one shared token set."""
+
+    __tablename__ = "family"
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    n_tokens: Mapped[int | None] = mapped_column(sa.BigInteger)
+    token_fingerprint: Mapped[str | None] = mapped_column(sa.Text)
+    inputs: Mapped[dict[str, Any]] = mapped_column(server_default=sa.text("'{}'::jsonb"))
+    created_at: Mapped[dt.datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=_now()
+    )
+
+    __table_args__ = (
+        sa.CheckConstraint(f"name ~ '{NAME_PATTERN}'", name="name_format"),
+        sa.CheckConstraint("n_tokens IS NULL OR n_tokens > 0", name="n_tokens_positive"),
+    )
+
+
+class Sae(Base):
+    """One dictionary of a family; its level is its rank by d_sae and is never stored."""
+
+    __tablename__ = "sae"
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    family_id: Mapped[int] = mapped_column(sa.ForeignKey("family.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    d_sae: Mapped[int] = mapped_column(sa.Integer)
+    state: Mapped[str] = mapped_column(sa.Text, server_default="ready")
+    source: Mapped[dict[str, Any]] = mapped_column(server_default=sa.text("'{}'::jsonb"))
+    activations_path: Mapped[str | None] = mapped_column(sa.Text)
+    activations_sha256: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=_now()
+    )
+
+    __table_args__ = (
+        sa.UniqueConstraint("family_id", "d_sae"),
+        sa.CheckConstraint("d_sae > 0", name="d_sae_positive"),
+        sa.CheckConstraint(
+            "state IN (" + ", ".join(f"'{s}'" for s in SAE_STATES) + ")", name="state_known"
+        ),
+    )
+
+
+class Latent(Base):
+    """One dictionary element with its statistics over the family's token set."""
+
+    __tablename__ = "latent"
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    sae_id: Mapped[int] = mapped_column(sa.ForeignKey("sae.id", ondelete="CASCADE"))
+    idx: Mapped[int] = mapped_column(sa.Integer)
+    label: Mapped[str] = mapped_column(sa.Text, unique=True)
+    max_act: Mapped[float] = mapped_column(sa.REAL)
+    n_active: Mapped[int] = mapped_column(sa.BigInteger)
+    frequency: Mapped[float] = mapped_column(sa.REAL)
+    sum_sq: Mapped[float] = mapped_column(sa.Double)
+
+    __table_args__ = (
+        sa.UniqueConstraint("sae_id", "idx"),
+        sa.CheckConstraint("idx >= 0", name="idx_nonnegative"),
+        sa.CheckConstraint("max_act >= 0 AND sum_sq >= 0 AND n_active >= 0", name="stats_valid"),
+    )
+
+
+class Job(Base):
+    """One unit of scheduled work: scoring every edge between two saes."""
+
+    __tablename__ = "job"
+
+    id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.Text, server_default="edges")
+    parent_sae_id: Mapped[int] = mapped_column(sa.ForeignKey("sae.id", ondelete="CASCADE"))
+    child_sae_id: Mapped[int] = mapped_column(sa.ForeignKey("sae.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(sa.Text, server_default="pending")
+    attempts: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(sa.Integer, server_default="3")
+    lease_until: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    worker: Mapped[str | None] = mapped_column(sa.Text)
+    params: Mapped[dict[str, Any]] = mapped_column(server_default=sa.text("'{}'::jsonb"))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    n_edges: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        sa.DateTime(timezone=True), server_default=_now()
+    )
+    started_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    __table_args__ = (
+        sa.UniqueConstraint("kind", "parent_sae_id", "child_sae_id"),
+        sa.CheckConstraint("kind IN ('edges')", name="kind_known"),
+        sa.CheckConstraint(
+            "state IN (" + ", ".join(f"'{s}'" for s in JOB_STATES) + ")", name="state_known"
+        ),
+        sa.CheckConstraint("parent_sae_id <> child_sae_id", name="distinct_saes"),
+        sa.Index(
+            "ix_job_claimable", "id", postgresql_where=sa.text("state IN ('pending', 'running')")
+        ),
+    )
+
+
+class Edge(Base):
+    """A scored pair: parent latent in a smaller sae, child latent in the next larger one."""
+
+    __tablename__ = "edge"
+
+    parent_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("latent.id", ondelete="CASCADE"), primary_key=True
+    )
+    child_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("latent.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("job.id", ondelete="CASCADE"))
+    masked_cos: Mapped[float] = mapped_column(sa.REAL)
+    masked_cos_parent: Mapped[float] = mapped_column(sa.REAL)
+    max_ratio: Mapped[float] = mapped_column(sa.REAL)
+    score: Mapped[float] = mapped_column(sa.REAL)
+    n_coactive: Mapped[int] = mapped_column(sa.Integer)
+
+    __table_args__ = (
+        # The best-parent lookup of the forest and the rooted tree: child -> parents by score.
+        sa.Index("ix_edge_child_score", "child_id", sa.text("score DESC"), "parent_id"),
+        sa.Index("ix_edge_job_id", "job_id"),
+        sa.CheckConstraint("n_coactive > 0", name="coactive"),
+        sa.CheckConstraint(
+            "masked_cos >= 0 AND masked_cos_parent >= 0 AND max_ratio >= 0 AND score >= 0"
+            " AND score < 'Infinity'::real AND max_ratio < 'Infinity'::real",
+            name="finite_scores",
+        ),
+    )

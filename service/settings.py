@@ -1,0 +1,95 @@
+"""Settings: the only reader of the environment (prefix `LATENT_TREES_`, plus `DATABASE_URL`)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+import pydantic
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service import errors
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _default_home() -> Path:
+    return Path(platformdirs.user_data_dir("latent-trees", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every setting of latent-trees; see the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LATENT_TREES_", extra="ignore", frozen=True, validate_default=True
+    )
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "LATENT_TREES_DATABASE_URL"),
+        description="PostgreSQL >= 15 to use; unset starts the embedded server under home.",
+    )
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Folder for the embedded server's data and the activation store.",
+    )
+    connect_timeout: int = Field(
+        default=5, ge=1, le=600, description="Seconds to wait for a database connection."
+    )
+    device: Device = Field(default="auto", description="Where scores are computed.")
+    threshold: float = Field(
+        default=0.6, ge=0, description="An edge qualifies when its score exceeds this."
+    )
+    store_floor: float = Field(
+        default=0.2, ge=0, description="Edges with score or mcs above this are stored."
+    )
+    min_active_tokens: int = Field(
+        default=10, ge=1, description="Both latents of a qualifying edge are active this often."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", description="Logging level of the CLI and workers."
+    )
+
+    @pydantic.field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @pydantic.field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
+            raise ValueError("expected a postgresql:// URL")
+        return value.strip()
+
+
+def _env_name(field: str) -> str:
+    if field.upper() in ("DATABASE_URL", "LATENT_TREES_DATABASE_URL"):
+        return "DATABASE_URL"
+    return "LATENT_TREES_" + field.upper()
+
+
+def load() -> Settings:
+    """Read settings from the environment; a bad value is a one-line SettingsError."""
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else "?"
+        got = first.get("input")
+        message = first["msg"].removeprefix("Value error, ")
+        raise errors.SettingsError(
+            f"bad setting {_env_name(field)}={got!r}: {message[:1].lower()}{message[1:]}"
+        ) from None
+
+
+@functools.cache
+def get() -> Settings:
+    """The settings of this process (read once)."""
+    return load()

@@ -1,0 +1,142 @@
+"""Shared fixtures: one throwaway embedded PostgreSQL per test session, never a mock."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.engine import Connection, Engine
+
+from service.db import engine as db_engine
+from service.db import migrate, server
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (GPU tests run on the GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """LATENT_TREES_HOME of the session's embedded server (short path: sockets need < 108 chars)."""
+    home = Path(f"/tmp/lt-test-{os.getpid()}")
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir()
+    server.ensure_running(home)
+    yield home
+    server.stop(home)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_home: Path) -> str:
+    """libpq URL of the session server's `latent_trees` database (left unmigrated)."""
+    return server.ensure_running(pg_home)
+
+
+def _create_database(pg_url: str, name: str) -> str:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return pg_url.replace(f"/{server.DATABASE}?", f"/{name}?")
+
+
+def _drop_database(pg_url: str, name: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fresh_url(pg_url: str) -> Iterator[str]:
+    """A new empty database for one test (migration and fault tests)."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    url = _create_database(pg_url, name)
+    yield url
+    _drop_database(pg_url, name)
+
+
+@pytest.fixture(scope="session")
+def migrated_url(pg_url: str) -> Iterator[str]:
+    """A database migrated to head, shared by the session's db tests."""
+    name = "t_session_" + uuid.uuid4().hex[:8]
+    url = _create_database(pg_url, name)
+    engine = db_engine.create(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    yield url
+    _drop_database(pg_url, name)
+
+
+@pytest.fixture(scope="session")
+def engine(migrated_url: str) -> Iterator[Engine]:
+    eng = db_engine.create(migrated_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def conn(engine: Engine) -> Iterator[Connection]:
+    """A connection inside a transaction that is rolled back after the test."""
+    with engine.connect() as connection:
+        outer = connection.begin()
+        connection.begin_nested()
+        yield connection
+        outer.rollback()
+
+
+def cli_env(home: Path, database_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment for running the CLI in a subprocess against a chosen database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATENT_TREES_")}
+    env.pop("DATABASE_URL", None)
+    env["LATENT_TREES_HOME"] = str(home)
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m service ARGS` and return the finished process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"latent-trees {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def table_snapshot(connection: Connection) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every table, sorted: two equal snapshots mean an untouched database."""
+    names = sa.inspect(connection).get_table_names()
+    snap = {}
+    for name in sorted(names):
+        rows = connection.execute(sa.text(f'SELECT * FROM "{name}"')).all()
+        snap[name] = sorted((tuple(r) for r in rows), key=repr)
+    return snap

@@ -1,0 +1,60 @@
+"""docker-compose.yml and the Dockerfile: nothing here runs Docker, so check their structure."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_services_and_dependencies() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"postgres", "migrate", "worker", "api"}
+    assert services["postgres"]["image"] == "postgres:18"
+    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    assert services["migrate"]["command"] == ["db", "upgrade"]
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in ("worker", "api"):
+        deps = services[name]["depends_on"]
+        assert deps["postgres"]["condition"] == "service_healthy"
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_worker_reserves_a_gpu_and_all_apps_share_one_database() -> None:
+    services = _compose()["services"]
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    pg_env = services["postgres"]["environment"]
+    expected = (
+        f"postgresql://{pg_env['POSTGRES_USER']}:{pg_env['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{pg_env['POSTGRES_DB']}"
+    )
+    for name in ("migrate", "worker", "api"):
+        assert services[name]["environment"]["DATABASE_URL"] == expected
+        assert services[name]["build"] == "."
+
+
+def test_volumes_are_declared() -> None:
+    compose = _compose()
+    declared = set(compose["volumes"])
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            assert volume.split(":")[0] in declared
+
+
+def test_dockerfile_copies_only_files_that_exist() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    copies = re.findall(r"^COPY\s+(.+?)\s+\S+$", dockerfile, flags=re.M)
+    assert copies
+    for sources in copies:
+        for source in sources.split():
+            assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
+    assert re.search(r"^ENTRYPOINT \[\"latent-trees\"\]$", dockerfile, flags=re.M)
