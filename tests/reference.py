@@ -1,0 +1,86 @@
+"""A float64 brute-force reference of SPEC.md section 2, written per pair from the text."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RefEdge:
+    masked_cos: float
+    masked_cos_parent: float
+    max_ratio: float
+    score: float
+    n_coactive: int
+
+    @property
+    def mcs(self) -> float:
+        return max(self.masked_cos, self.masked_cos_parent)
+
+
+def all_pairs(parent: np.ndarray, child: np.ndarray) -> dict[tuple[int, int], RefEdge]:
+    """Every pair with at least one co-active token; parent [T, dp], child [T, dc]."""
+    a_all = np.asarray(parent, dtype=np.float64)
+    b_all = np.asarray(child, dtype=np.float64)
+    out: dict[tuple[int, int], RefEdge] = {}
+    for p in range(a_all.shape[1]):
+        a = a_all[:, p]
+        for c in range(b_all.shape[1]):
+            b = b_all[:, c]
+            coactive = (a > 0) & (b > 0)
+            if not coactive.any():
+                continue  # no co-active token => no edge
+            mb = b > 0
+            ma = a > 0
+            masked_cos = np.sum(a[mb] * b[mb]) / (
+                math.sqrt(np.sum(a[mb] ** 2)) * math.sqrt(np.sum(b[mb] ** 2))
+            )
+            masked_cos_parent = np.sum(a[ma] * b[ma]) / (
+                math.sqrt(np.sum(a[ma] ** 2)) * math.sqrt(np.sum(b[ma] ** 2))
+            )
+            max_ratio = b.max() / a.max()
+            out[(p, c)] = RefEdge(
+                float(masked_cos),
+                float(masked_cos_parent),
+                float(max_ratio),
+                float(masked_cos * max_ratio),
+                int(coactive.sum()),
+            )
+    return out
+
+
+def stored(
+    pairs: dict[tuple[int, int], RefEdge], store_floor: float = 0.2, top_parents: int = 3
+) -> set[tuple[int, int]]:
+    """Pairs with score or mcs above the floor, plus each child's top parents by score
+    (ties: lowest parent index)."""
+    keep = {k for k, e in pairs.items() if e.score > store_floor or e.mcs > store_floor}
+    by_child: dict[int, list[tuple[float, int]]] = {}
+    for (p, c), e in pairs.items():
+        by_child.setdefault(c, []).append((-e.score, p))
+    for c, ranked in by_child.items():
+        for _neg, p in sorted(ranked)[:top_parents]:
+            keep.add((p, c))
+    return keep
+
+
+def qualifying(
+    pairs: dict[tuple[int, int], RefEdge],
+    parent: np.ndarray,
+    child: np.ndarray,
+    threshold: float = 0.6,
+    min_active_tokens: int = 10,
+) -> set[tuple[int, int]]:
+    """Pairs whose score exceeds the threshold, both latents active often enough."""
+    n_parent = (np.asarray(parent) > 0).sum(axis=0)
+    n_child = (np.asarray(child) > 0).sum(axis=0)
+    return {
+        (p, c)
+        for (p, c), e in pairs.items()
+        if e.score > threshold
+        and n_parent[p] >= min_active_tokens
+        and n_child[c] >= min_active_tokens
+    }

@@ -1,0 +1,236 @@
+"""The engine against the float64 brute-force reference, on random, adversarial and planted data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from service.compute import chunks, engine, scores
+from tests import reference
+
+TOL = 1e-5
+
+
+def sparse_matrix(rng: np.random.Generator, t: int, d: int, density: float) -> np.ndarray:
+    values = rng.exponential(1.0, size=(t, d)) * (rng.random((t, d)) < density)
+    return values.astype(np.float32)
+
+
+def run(parent: np.ndarray, child: np.ndarray, **kwargs: object) -> engine.PairResult:
+    return engine.score_pair(
+        chunks.DenseSource(torch.from_numpy(parent)),
+        chunks.DenseSource(torch.from_numpy(child)),
+        device="cpu",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def as_dict(edges: scores.Edges) -> dict[tuple[int, int], dict[str, float]]:
+    out = {}
+    for i in range(len(edges)):
+        out[(int(edges.parent[i]), int(edges.child[i]))] = {
+            "masked_cos": float(edges.masked_cos[i]),
+            "masked_cos_parent": float(edges.masked_cos_parent[i]),
+            "max_ratio": float(edges.max_ratio[i]),
+            "score": float(edges.score[i]),
+            "n_coactive": int(edges.n_coactive[i]),
+        }
+    return out
+
+
+def assert_matches_reference(
+    parent: np.ndarray, child: np.ndarray, result: engine.PairResult, floor: float = 0.2
+) -> None:
+    ref = reference.all_pairs(parent, child)
+    got = as_dict(result.edges)
+    for key, parts in got.items():
+        want = ref[key]
+        assert parts["n_coactive"] == want.n_coactive, key
+        assert parts["masked_cos"] == pytest.approx(want.masked_cos, abs=TOL), key
+        assert parts["masked_cos_parent"] == pytest.approx(want.masked_cos_parent, abs=TOL)
+        assert parts["max_ratio"] == pytest.approx(want.max_ratio, rel=TOL)
+        assert parts["score"] == pytest.approx(want.score, rel=TOL, abs=TOL)
+    # Same stored set, except pairs within TOL of the floor.
+    want_set = reference.stored(ref, floor)
+    near = {k for k, e in ref.items() if abs(e.score - floor) < TOL or abs(e.mcs - floor) < TOL}
+    assert (set(got) ^ want_set) <= near
+    # Qualifying edges are identical except within TOL of the threshold.
+    mask = scores.qualifies(result.edges, result.parent_stats, result.child_stats)
+    got_q = {k for k, q in zip(got, mask.tolist(), strict=True) if q}
+    want_q = reference.qualifying(ref, parent, child)
+    near_t = {k for k, e in ref.items() if abs(e.score - 0.6) < TOL}
+    assert (got_q ^ want_q) <= near_t
+
+
+def test_random_data_matches_reference() -> None:
+    rng = np.random.default_rng(0)
+    parent = sparse_matrix(rng, 400, 12, 0.15)
+    child = sparse_matrix(rng, 400, 40, 0.05)
+    result = run(parent, child)
+    assert len(result.edges) > 0
+    assert_matches_reference(parent, child, result)
+
+
+def test_latent_statistics() -> None:
+    rng = np.random.default_rng(1)
+    parent = sparse_matrix(rng, 300, 7, 0.3)
+    child = sparse_matrix(rng, 300, 9, 0.2)
+    result = run(parent, child)
+    stats = result.parent_stats
+    assert stats.n_tokens == 300
+    np.testing.assert_allclose(stats.max_act.numpy(), parent.max(axis=0), rtol=0)
+    np.testing.assert_array_equal(stats.n_active.numpy(), (parent > 0).sum(axis=0))
+    np.testing.assert_allclose(
+        stats.sum_sq.numpy(), (parent.astype(np.float64) ** 2).sum(axis=0), rtol=1e-12
+    )
+    np.testing.assert_allclose(stats.frequency.numpy(), (parent > 0).mean(axis=0))
+
+
+def test_planted_split_is_found() -> None:
+    # Parent 0 is active on tokens 0..99; children 0 and 1 each take half of them.
+    t = 200
+    rng = np.random.default_rng(2)
+    parent = np.zeros((t, 3), np.float32)
+    child = np.zeros((t, 5), np.float32)
+    acts = rng.uniform(0.5, 2.0, 100).astype(np.float32)
+    parent[:100, 0] = acts
+    child[:50, 0] = acts[:50]
+    child[50:100, 1] = acts[50:]
+    parent[100:, 1] = rng.uniform(0.1, 1.0, 100)  # noise latents elsewhere
+    child[100:, 4] = rng.uniform(0.1, 1.0, 100)
+    result = run(parent, child)
+    assert_matches_reference(parent, child, result)
+    got = as_dict(result.edges)
+    assert got[(0, 0)]["masked_cos"] == pytest.approx(1.0, abs=1e-6)
+    assert got[(0, 1)]["masked_cos"] == pytest.approx(1.0, abs=1e-6)
+    q = scores.qualifies(result.edges, result.parent_stats, result.child_stats)
+    qualifying = {
+        (int(p), int(c))
+        for p, c, keep in zip(result.edges.parent, result.edges.child, q, strict=True)
+        if keep
+    }
+    expected = {(0, 0), (0, 1)} | ({(1, 4)} if got[(1, 4)]["score"] > 0.6 else set())
+    assert qualifying == expected
+
+
+def test_adversarial_cases() -> None:
+    t = 64
+    parent = np.zeros((t, 6), np.float32)
+    child = np.zeros((t, 6), np.float32)
+    # Ties: two identical parents for child 0 (ties are broken by the lowest parent index).
+    parent[:20, 0] = parent[:20, 1] = np.linspace(1, 2, 20)
+    child[:20, 0] = np.linspace(1, 2, 20)
+    # A single co-active token.
+    parent[30, 2] = 1.0
+    child[30, 1] = 3.0
+    child[31:40, 1] = 1.0
+    # Dead latents: parent 5, child 5 never active.
+    # Huge and tiny values.
+    parent[40:50, 3] = 1e30
+    child[40:50, 2] = 2e30
+    parent[50:60, 4] = 1e-30
+    child[50:60, 3] = 1e-30
+    result = run(parent, child)
+    assert_matches_reference(parent, child, result)
+    got = as_dict(result.edges)
+    assert got[(2, 1)]["n_coactive"] == 1
+    assert not any(p == 5 or c == 5 for p, c in got)
+    for name in ("masked_cos", "masked_cos_parent", "max_ratio", "score"):
+        values = getattr(result.edges, name)
+        assert torch.isfinite(values).all()
+    assert got[(3, 2)]["score"] == pytest.approx(2.0)
+    assert got[(4, 3)]["masked_cos"] == pytest.approx(1.0)
+    # The best parent of child 0 by (score desc, parent asc) is parent 0.
+    ordered = result.edges.sorted()
+    first = int(torch.nonzero(ordered.child == 0)[0])
+    assert int(ordered.parent[first]) == 0
+
+
+def test_top_parents_are_kept_below_the_floor() -> None:
+    # Above a floor of 1.5 (mcs <= 1; scores here are small) only each child's 3 best remain.
+    t = 100
+    rng = np.random.default_rng(3)
+    parent = np.zeros((t, 5), np.float32)
+    child = np.zeros((t, 1), np.float32)
+    child[:, 0] = rng.uniform(0.01, 0.02, t)
+    for p in range(5):
+        parent[p * 20 : p * 20 + 1 + p, p] = 50.0  # tiny overlap, huge parent max
+    result = run(parent, child, params=scores.EdgeParams(store_floor=1.5))
+    ref = reference.all_pairs(parent, child)
+    assert set(as_dict(result.edges)) == reference.stored(ref, 1.5) == {(4, 0), (3, 0), (2, 0)}
+    assert len(result.edges) == 3
+
+
+def test_tiles_and_expansion_batches_give_the_same_edges() -> None:
+    rng = np.random.default_rng(4)
+    parent = sparse_matrix(rng, 500, 30, 0.1)
+    child = sparse_matrix(rng, 500, 70, 0.05)
+    whole = run(parent, child)
+    # Room for 50 pairs a tile: child blocks of 35, one parent at a time: 60 tiles.
+    tiny_budget = 50 * 80 + 64 * 256
+    tiled = run(parent, child, memory_budget=tiny_budget, max_coactivations=256)
+    assert len(tiled.tiles) == 60
+    got, want = as_dict(tiled.edges), as_dict(whole.edges)
+    assert got.keys() == want.keys()
+    for key, parts in got.items():
+        for name, value in parts.items():
+            assert value == pytest.approx(want[key][name], rel=1e-12)
+    assert tiled.n_coactivations == whole.n_coactivations
+
+
+def test_plan_tiles_covers_every_pair_once() -> None:
+    tiles = engine.plan_tiles(1000, 3000, memory_budget=(1 << 24) * 64 + 80 * 400_000)
+    covered = np.zeros((1000, 3000), np.int8)
+    for tile in tiles:
+        covered[tile.p0 : tile.p1, tile.c0 : tile.c1] += 1
+        assert tile.shape[0] * tile.shape[1] <= 400_000
+    assert (covered == 1).all()
+
+
+def test_plan_for_large_widths_fits_16_gib() -> None:
+    for d_p, d_c in ((65536, 262144), (262144, 1 << 20)):
+        tiles = engine.plan_tiles(d_p, d_c, memory_budget=16 * engine.GiB)
+        assert sum(t.shape[0] * t.shape[1] for t in tiles) == d_p * d_c
+        largest = max(t.shape[0] * t.shape[1] for t in tiles)
+        assert largest * 80 + (1 << 24) * 64 <= 16 * engine.GiB
+
+
+def test_sources_agree_topk_csr_dense() -> None:
+    rng = np.random.default_rng(5)
+    t, d, k = 300, 50, 4
+    idx = np.stack([rng.choice(d, k, replace=False) for _ in range(t)])
+    val = rng.exponential(1.0, (t, k)).astype(np.float32)
+    val[rng.random((t, k)) < 0.2] = 0  # padding
+    dense = np.zeros((t, d), np.float32)
+    np.put_along_axis(dense, idx, val, axis=1)
+    indptr = np.concatenate([[0], np.cumsum((dense > 0).sum(1))])
+    rows, cols = np.nonzero(dense)
+    sources = [
+        chunks.TopKSource(torch.from_numpy(idx), torch.from_numpy(val), d),
+        chunks.CsrSource(
+            torch.from_numpy(indptr), torch.from_numpy(cols), torch.from_numpy(dense[rows, cols]), d
+        ),
+        chunks.DenseSource(torch.from_numpy(dense)),
+    ]
+    parent = chunks.DenseSource(torch.from_numpy(sparse_matrix(rng, t, 8, 0.3)))
+    results = [
+        as_dict(engine.score_pair(parent, s, device="cpu", chunk_tokens=64).edges) for s in sources
+    ]
+    assert results[0] == results[1] == results[2]
+
+
+def test_token_count_mismatch_is_refused() -> None:
+    with pytest.raises(ValueError, match="share one token set"):
+        run(np.ones((10, 2), np.float32), np.ones((11, 2), np.float32))
+
+
+def test_cpu_device_auto_and_unavailable_cuda() -> None:
+    from service import errors
+    from service.compute import device
+
+    assert device.resolve("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert device.resolve("auto").type == "cpu"
+        with pytest.raises(errors.ServiceError, match="CUDA is not available"):
+            device.resolve("cuda")
