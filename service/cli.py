@@ -6,6 +6,8 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -117,6 +119,113 @@ def status(
             )
     out.print(table)
     out.print("jobs: " + ", ".join(f"{k} {v}" for k, v in report["jobs"].items()))
+
+
+@app.command("ingest")
+def ingest_cmd(
+    family: Annotated[str, typer.Argument(help="The family to add the sae to.")],
+    activations: Annotated[
+        Path, typer.Option("--activations", help="Activation file or directory of shards.")
+    ],
+    d_sae: Annotated[
+        int | None, typer.Option("--d-sae", help="Latents, if the file does not say.")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Sae name, e.g. S/3.")] = None,
+) -> None:
+    """Add an sae from activations and plan the jobs for its new neighbour pairs."""
+    from service import ingest
+
+    added = ingest.ingest_activations(_engine(), settings.get(), family, activations, d_sae, name)
+    out.print(
+        f"sae {added.name}: d_sae {added.d_sae}, {added.n_tokens:,} tokens,"
+        f" {added.nnz:,} activations; jobs planned: {added.job_ids or 'none'}"
+    )
+
+
+class DeviceChoice(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@app.command("worker")
+def worker_cmd(
+    once: Annotated[bool, typer.Option("--once", help="Drain pending jobs and exit.")] = False,
+    device: Annotated[
+        DeviceChoice | None, typer.Option("--device", help="Overrides LATENT_TREES_DEVICE.")
+    ] = None,
+) -> None:
+    """Run jobs: with --once until none is pending, else until stopped (SIGTERM, Ctrl-C)."""
+    from service.jobs import edges, worker
+
+    config = settings.get()
+    if device is not None:
+        config = config.model_copy(update={"device": device.value})
+
+    def report(result: edges.Outcome | worker.Failure) -> None:
+        if isinstance(result, edges.Outcome):
+            out.print(
+                f"job {result.job_id} {result.label}: {result.n_edges:,} edges,"
+                f" {result.n_coactivations:,} co-activations,"
+                f" compute {result.compute_seconds:.2f} s, write {result.write_seconds:.2f} s"
+            )
+        else:
+            out.print(
+                f"job {result.job_id} failed on attempt {result.attempts} ({result.state}):"
+                f" {result.error}"
+            )
+
+    runner = worker.Worker(_engine(), config, report)
+    if once:
+        results = runner.drain()
+        runner.reap()
+        if not results:
+            out.print("no pending jobs")
+        if any(isinstance(r, worker.Failure) for r in results):
+            raise SystemExit(1)
+        return
+    runner.serve(db_engine.url(config))
+
+
+class TreeFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command("tree")
+def tree_cmd(
+    label: Annotated[str, typer.Argument(help="Root latent, e.g. S/1/3.")],
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Default: LATENT_TREES_THRESHOLD.")
+    ] = None,
+    fmt: Annotated[TreeFormat, typer.Option("--format", help="text or json.")] = TreeFormat.text,
+) -> None:
+    """Print the rooted tree of LABEL: qualifying children, then theirs, and so on."""
+    from service import trees
+
+    config = settings.get()
+    if threshold is not None and not threshold >= 0:
+        raise errors.BadInput(f"--threshold {threshold}: expected a number >= 0")
+    with _engine().connect() as conn:
+        rows = queries.rooted_tree(
+            conn,
+            label,
+            config.threshold if threshold is None else threshold,
+            config.min_active_tokens,
+        )
+    root = trees.nest(rows)
+    if fmt is TreeFormat.json:
+        typer.echo(json.dumps(root, indent=2))
+    else:
+        typer.echo(trees.render(root))
+
+
+@app.command("demo")
+def demo_cmd() -> None:
+    """Run the whole pipeline on a planted family (migrates the database first)."""
+    from service import demo
+
+    demo.run(_engine(migrated=False), settings.get(), typer.echo)
 
 
 def _run(fn: Callable[[], T]) -> T:

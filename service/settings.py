@@ -49,6 +49,19 @@ class Settings(BaseSettings):
     min_active_tokens: int = Field(
         default=10, ge=1, description="Both latents of a qualifying edge are active this often."
     )
+    lease_seconds: float = Field(
+        default=120, gt=0, description="A job's lease; a worker renews it while computing."
+    )
+    poll_seconds: float = Field(
+        default=10, gt=0, description="How often an idle worker looks for jobs (besides NOTIFY)."
+    )
+    max_attempts: int = Field(default=3, ge=1, description="Attempts before a job is failed.")
+    memory_budget_gb: float | None = Field(
+        default=None, gt=0, description="Memory for one job's pair sums; unset: 16 or less."
+    )
+    chunk_tokens: int = Field(
+        default=32768, ge=1, description="Tokens per streamed chunk when scoring."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Logging level of the CLI and workers."
     )

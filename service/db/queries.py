@@ -84,3 +84,34 @@ def status(conn: Connection) -> dict[str, Any]:
     ):
         jobs[state] = count
     return {"families": families, "jobs": jobs}
+
+
+def latent(conn: Connection, label: str) -> sa.Row[Any]:
+    """The latent with `label`; UnknownLabel if there is none."""
+    row = conn.execute(sa.select(tables.Latent).where(tables.Latent.label == label)).first()
+    if row is None:
+        raise errors.UnknownLabel(f"unknown label {label!r}")
+    return row
+
+
+def rooted_tree(
+    conn: Connection, root: str, threshold: float, min_active_tokens: int
+) -> list[dict[str, Any]]:
+    """Flat rows of `latent_tree(root, threshold)` with each node's max_act and frequency."""
+    latent(conn, root)
+    rows = conn.execute(
+        sa.text(
+            "SELECT t.node, t.parent, t.depth, t.score, t.other_parents, l.max_act, l.frequency"
+            " FROM latent_tree(CAST(:root AS text), CAST(:threshold AS real),"
+            " CAST(:min_active AS integer)) t"
+            " JOIN latent l ON l.label = t.node ORDER BY t.depth, t.node"
+        ),
+        {"root": root, "threshold": threshold, "min_active": min_active_tokens},
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
+def delete_family(conn: Connection, name: str) -> bool:
+    """Delete a family with its saes, latents, jobs and edges; False if there was none."""
+    deleted = conn.execute(sa.delete(tables.Family).where(tables.Family.name == name))
+    return deleted.rowcount == 1

@@ -1,0 +1,43 @@
+"""Binary COPY of fixed-width numpy columns (psycopg 3): tens of millions of rows a minute."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from sqlalchemy.engine import Connection
+
+HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
+TRAILER = (-1).to_bytes(2, "big", signed=True)
+PG_TYPES = {"int4": ">i4", "int8": ">i8", "float4": ">f4", "float8": ">f8"}
+ROWS_PER_WRITE = 1 << 20
+
+
+def binary_rows(columns: Mapping[str, tuple[np.ndarray, str]]) -> np.ndarray:
+    """The tuples of a binary COPY stream, one record per row (without header or trailer)."""
+    fields: list[tuple[str, str]] = [("n_fields", ">i2")]
+    for name, (_values, pg_type) in columns.items():
+        fields += [(f"{name}__len", ">i4"), (name, PG_TYPES[pg_type])]
+    n_rows = len(next(iter(columns.values()))[0]) if columns else 0
+    records = np.empty(n_rows, dtype=np.dtype(fields))
+    records["n_fields"] = len(columns)
+    for name, (values, pg_type) in columns.items():
+        if len(values) != n_rows:
+            raise ValueError(f"column {name} has {len(values)} rows, expected {n_rows}")
+        records[f"{name}__len"] = np.dtype(PG_TYPES[pg_type]).itemsize
+        records[name] = values
+    return records
+
+
+def copy_in(conn: Connection, table: str, columns: Mapping[str, tuple[np.ndarray, str]]) -> int:
+    """COPY the columns into `table` inside the connection's transaction; returns the row count."""
+    records = binary_rows(columns)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    names = ", ".join(columns)
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as cp:
+        cp.write(HEADER)
+        for start in range(0, len(records), ROWS_PER_WRITE):
+            cp.write(records[start : start + ROWS_PER_WRITE].tobytes())
+        cp.write(TRAILER)
+    return len(records)

@@ -1,0 +1,180 @@
+"""The job table as a queue: claims with FOR UPDATE SKIP LOCKED and a lease, atomic publishing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from service import errors
+from service.db import copy
+
+EDGE_COLUMNS = (
+    ("parent_id", "int4"),
+    ("child_id", "int4"),
+    ("job_id", "int4"),
+    ("masked_cos", "float4"),
+    ("masked_cos_parent", "float4"),
+    ("max_ratio", "float4"),
+    ("score", "float4"),
+    ("n_coactive", "int4"),
+)
+
+
+class LeaseLost(errors.ServiceError):
+    """the job's lease expired and another worker took it over."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this worker holds until its lease runs out."""
+
+    id: int
+    parent_sae_id: int
+    child_sae_id: int
+    params: dict[str, Any]
+    attempts: int
+    worker: str
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What a job reads before computing: both saes' activations and latent ids by index."""
+
+    parent_path: str
+    child_path: str
+    parent_ids: np.ndarray
+    child_ids: np.ndarray
+    label: str
+
+
+def claim(conn: Connection, worker: str, lease_seconds: float) -> Claim | None:
+    """Take the oldest claimable job: pending, or running with an expired lease."""
+    row = conn.execute(
+        sa.text(
+            """
+            UPDATE job SET state = 'running', attempts = attempts + 1, worker = :worker,
+                   lease_until = now() + make_interval(secs => :lease), started_at = now(),
+                   finished_at = NULL
+            WHERE id = (
+                SELECT id FROM job
+                WHERE (state = 'pending' OR (state = 'running' AND lease_until < now()))
+                  AND attempts < max_attempts
+                ORDER BY id
+                FOR UPDATE SKIP LOCKED
+                LIMIT 1)
+            RETURNING id, parent_sae_id, child_sae_id, params, attempts
+            """
+        ),
+        {"worker": worker, "lease": lease_seconds},
+    ).first()
+    if row is None:
+        return None
+    return Claim(row.id, row.parent_sae_id, row.child_sae_id, row.params, row.attempts, worker)
+
+
+def heartbeat(conn: Connection, job: Claim, lease_seconds: float) -> bool:
+    """Extend the lease; False if the job is no longer ours."""
+    result = conn.execute(
+        sa.text(
+            "UPDATE job SET lease_until = now() + make_interval(secs => :lease)"
+            " WHERE id = :id AND worker = :worker AND state = 'running'"
+        ),
+        {"id": job.id, "worker": job.worker, "lease": lease_seconds},
+    )
+    return result.rowcount == 1
+
+
+def inputs(conn: Connection, job: Claim) -> JobInputs:
+    """The activation paths and latent ids (by index) of the job's two saes."""
+    saes = {
+        row.id: row
+        for row in conn.execute(
+            sa.text("SELECT id, name, activations_path FROM sae WHERE id IN (:p, :c)"),
+            {"p": job.parent_sae_id, "c": job.child_sae_id},
+        )
+    }
+
+    def ids(sae_id: int) -> np.ndarray:
+        rows = conn.execute(
+            sa.text("SELECT id FROM latent WHERE sae_id = :s ORDER BY idx"), {"s": sae_id}
+        ).scalars()
+        return np.fromiter(rows, dtype=np.int64)
+
+    parent, child = saes[job.parent_sae_id], saes[job.child_sae_id]
+    return JobInputs(
+        parent.activations_path,
+        child.activations_path,
+        ids(parent.id),
+        ids(child.id),
+        f"{parent.name} -> {child.name}",
+    )
+
+
+def publish(conn: Connection, job: Claim, columns: dict[str, np.ndarray]) -> int:
+    """In one transaction: stage the edges by binary COPY, replace the job's edges, mark it done.
+
+    Raises LeaseLost (and the transaction rolls back) if the job is no longer ours."""
+    done = conn.execute(
+        sa.text(
+            "UPDATE job SET state = 'done', finished_at = now(), lease_until = NULL,"
+            " error = NULL, n_edges = :n WHERE id = :id AND worker = :worker AND state = 'running'"
+        ),
+        {"id": job.id, "worker": job.worker, "n": len(columns["parent_id"])},
+    )
+    if done.rowcount != 1:
+        raise LeaseLost(f"job {job.id}: lease lost; its edges were not written")
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE edge_stage (LIKE edge INCLUDING DEFAULTS) ON COMMIT DROP"
+    )
+    n = copy.copy_in(
+        conn, "edge_stage", {name: (columns[name], kind) for name, kind in EDGE_COLUMNS}
+    )
+    conn.execute(sa.text("DELETE FROM edge WHERE job_id = :id"), {"id": job.id})
+    conn.exec_driver_sql("INSERT INTO edge SELECT * FROM edge_stage")
+    conn.exec_driver_sql("DROP TABLE edge_stage")
+    return n
+
+
+def fail(conn: Connection, job: Claim, error: str) -> str:
+    """Record a failure: back to pending while attempts remain, else failed. Returns the state."""
+    row = conn.execute(
+        sa.text(
+            """
+            UPDATE job SET state = CASE WHEN attempts >= max_attempts THEN 'failed'
+                                        ELSE 'pending' END,
+                   error = :error, lease_until = NULL, finished_at = now()
+            WHERE id = :id AND worker = :worker AND state = 'running'
+            RETURNING state
+            """
+        ),
+        {"id": job.id, "worker": job.worker, "error": error[:2000]},
+    ).first()
+    return row.state if row else "lost"
+
+
+def reap(conn: Connection) -> int:
+    """Fail running jobs whose lease expired with no attempts left (their workers died)."""
+    return conn.execute(
+        sa.text(
+            "UPDATE job SET state = 'failed', finished_at = now(),"
+            " error = coalesce(error || '; ', '') || 'lease expired on attempt ' || attempts"
+            " || ' of ' || max_attempts || ' (worker ' || coalesce(worker, '?') || ' died?)'"
+            " WHERE state = 'running' AND lease_until < now() AND attempts >= max_attempts"
+        )
+    ).rowcount
+
+
+def pending_count(conn: Connection) -> int:
+    """Jobs that a worker could claim now."""
+    return int(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM job WHERE attempts < max_attempts AND"
+                " (state = 'pending' OR (state = 'running' AND lease_until < now()))"
+            )
+        ).scalar_one()
+    )

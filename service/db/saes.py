@@ -1,0 +1,181 @@
+"""Adding an sae: its row, its latents (binary COPY) and the jobs for its new neighbour pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.engine import Connection
+
+from service import errors
+from service.db import copy, queries, tables
+
+CHANNEL = "latent_trees_jobs"
+
+
+@dataclass(frozen=True)
+class LatentColumns:
+    """Per-latent statistics of a new sae, indexed by latent index."""
+
+    max_act: np.ndarray
+    n_active: np.ndarray
+    sum_sq: np.ndarray
+    n_tokens: int
+
+
+def default_name(conn: Connection, family: str, family_id: int) -> str:
+    """`FAMILY/n`, n = 1 + the number of saes already in the family (skipping taken names)."""
+    count = conn.execute(
+        sa.select(sa.func.count()).where(tables.Sae.family_id == family_id)
+    ).scalar_one()
+    n = count + 1
+    while conn.execute(sa.select(tables.Sae.id).where(tables.Sae.name == f"{family}/{n}")).first():
+        n += 1
+    return f"{family}/{n}"
+
+
+def check_name(family: str, name: str) -> str:
+    """An sae name must be `FAMILY/part`."""
+    prefix = f"{family}/"
+    if not name.startswith(prefix):
+        raise errors.BadInput(f"sae name {name!r}: expected it to start with {prefix!r}")
+    queries.check_name("sae", name[len(prefix) :])
+    return name
+
+
+def check_free(conn: Connection, family_id: int, name: str | None, d_sae: int | None) -> None:
+    """DuplicateSae if the name, or d_sae within the family, is taken."""
+    if name and conn.execute(sa.select(tables.Sae.id).where(tables.Sae.name == name)).first():
+        raise errors.DuplicateSae(f"sae {name!r} already exists")
+    if d_sae is not None:
+        taken = conn.execute(
+            sa.select(tables.Sae.name).where(
+                tables.Sae.family_id == family_id, tables.Sae.d_sae == d_sae
+            )
+        ).scalar_one_or_none()
+        if taken is not None:
+            raise errors.DuplicateSae(f"d_sae {d_sae} is taken in this family by sae {taken!r}")
+
+
+def lock_family(conn: Connection, family: str) -> sa.Row[Any]:
+    """The family row, locked until the transaction ends (serialises ingests per family)."""
+    row = conn.execute(
+        sa.select(tables.Family.__table__).where(tables.Family.name == family).with_for_update()
+    ).first()
+    if row is None:
+        raise errors.UnknownFamily(f"unknown family {family!r}")
+    return row
+
+
+def check_token_set(
+    family: sa.Row[Any], source: str, n_tokens: int, fingerprint: str | None
+) -> None:
+    """The family's token set must match: same count, same token ids when both are known."""
+    if family.n_tokens is not None and family.n_tokens != n_tokens:
+        raise errors.BadInput(
+            f"{source}: expected {family.n_tokens} tokens (the token set of family"
+            f" {family.name!r}), got {n_tokens}"
+        )
+    if fingerprint and family.token_fingerprint and fingerprint != family.token_fingerprint:
+        raise errors.BadInput(
+            f"{source}: field 'token_ids': expected the token set of family {family.name!r}"
+            f" (fingerprint {family.token_fingerprint[:12]}), got {fingerprint[:12]}"
+        )
+
+
+def add(
+    conn: Connection,
+    family: sa.Row[Any],
+    name: str,
+    d_sae: int,
+    stats: LatentColumns,
+    fingerprint: str | None,
+    source: dict[str, Any],
+    activations_path: str,
+    activations_sha256: str,
+    job_params: dict[str, Any],
+) -> tuple[int, list[int]]:
+    """Insert the sae, its latents and its jobs; returns (sae id, new job ids)."""
+    check_free(conn, family.id, name, d_sae)
+    if family.n_tokens is None or (fingerprint and not family.token_fingerprint):
+        conn.execute(
+            sa.update(tables.Family)
+            .where(tables.Family.id == family.id)
+            .values(n_tokens=stats.n_tokens, token_fingerprint=fingerprint)
+        )
+    sae_id = conn.execute(
+        sa.insert(tables.Sae)
+        .values(
+            family_id=family.id,
+            name=name,
+            d_sae=d_sae,
+            source=source,
+            activations_path=activations_path,
+            activations_sha256=activations_sha256,
+        )
+        .returning(tables.Sae.id)
+    ).scalar_one()
+    idx = np.arange(d_sae, dtype=np.int32)
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE latent_stage (idx int4, max_act float4, n_active int8,"
+        " sum_sq float8) ON COMMIT DROP"
+    )
+    copy.copy_in(
+        conn,
+        "latent_stage",
+        {
+            "idx": (idx, "int4"),
+            "max_act": (stats.max_act, "float4"),
+            "n_active": (stats.n_active, "int8"),
+            "sum_sq": (stats.sum_sq, "float8"),
+        },
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO latent (sae_id, idx, label, max_act, n_active, frequency, sum_sq)"
+            " SELECT :sae, idx, :name || '/' || idx, max_act, n_active,"
+            " n_active::float8 / :t, sum_sq FROM latent_stage ORDER BY idx"
+        ),
+        {"sae": sae_id, "name": name, "t": stats.n_tokens},
+    )
+    conn.exec_driver_sql("DROP TABLE latent_stage")
+    return sae_id, plan_jobs(conn, sae_id, job_params)
+
+
+def plan_jobs(conn: Connection, sae_id: int, params: dict[str, Any]) -> list[int]:
+    """Jobs for the sae's new neighbour pairs (never for pairs already planned)."""
+    prev_id, next_id = conn.execute(
+        sa.text("SELECT prev_id, next_id FROM sae_level WHERE id = :id"), {"id": sae_id}
+    ).one()
+    pairs = [(p, c) for p, c in ((prev_id, sae_id), (sae_id, next_id)) if p and c]
+    if not pairs:
+        return []
+    new_ids = (
+        conn.execute(
+            pg.insert(tables.Job)
+            .values(
+                [
+                    {
+                        "parent_sae_id": p,
+                        "child_sae_id": c,
+                        "params": params,
+                        "max_attempts": int(params.get("max_attempts", 3)),
+                    }
+                    for p, c in pairs
+                ]
+            )
+            .on_conflict_do_nothing()
+            .returning(tables.Job.id)
+        )
+        .scalars()
+        .all()
+    )
+    if new_ids:
+        conn.execute(
+            sa.text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANNEL, "payload": ",".join(map(str, new_ids))},
+        )
+    return list(new_ids)

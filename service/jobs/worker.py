@@ -1,0 +1,157 @@
+"""The worker: claims jobs from the `job` table and runs them; APScheduler only fires triggers.
+
+Scheduled in one process (memory job store, never shared): `poll` drains claimable jobs,
+`reap` fails jobs whose workers died too often, `refresh` retries a view refresh that failed.
+A LISTEN connection wakes `poll` as soon as an ingest plans new jobs (NOTIFY).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy.engine import Engine
+
+from service import errors, ingest, settings
+from service.db import jobs, saes, views
+from service.jobs import edges
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    job_id: int
+    state: str  # pending (will be retried), failed, or lost
+    attempts: int
+    error: str
+
+
+Report = Callable[[edges.Outcome | Failure], None]
+
+
+class Worker:
+    """Runs edge jobs against one database; any number of workers may run at once."""
+
+    def __init__(
+        self, engine: Engine, config: settings.Settings, report: Report | None = None
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.store = ingest.store_for(config)
+        self.report = report or (lambda _result: None)
+        self._refresh_pending = False
+
+    def run_one(self) -> edges.Outcome | Failure | None:
+        """Claim and run one job; None when nothing is claimable."""
+        with self.engine.begin() as conn:
+            job = jobs.claim(conn, self.name, self.config.lease_seconds)
+        if job is None:
+            return None
+        result: edges.Outcome | Failure
+        try:
+            result = edges.run(self.engine, self.config, self.store, job)
+        except Exception as exc:
+            message = errors.describe(exc)
+            log.warning("job %d failed on attempt %d: %s", job.id, job.attempts, message)
+            with self.engine.begin() as conn:
+                state = jobs.fail(conn, job, message)
+            result = Failure(job.id, state, job.attempts, message)
+        else:
+            self.refresh()
+        self.report(result)
+        return result
+
+    def drain(self) -> list[edges.Outcome | Failure]:
+        """Run jobs until none is claimable."""
+        done = []
+        while (result := self.run_one()) is not None:
+            done.append(result)
+        return done
+
+    def refresh(self) -> None:
+        """Refresh the materialized views (retried by the scheduler if it fails)."""
+        try:
+            with self.engine.begin() as conn:
+                views.refresh(conn)
+            self._refresh_pending = False
+        except Exception:
+            self._refresh_pending = True
+            log.warning("view refresh failed; will retry", exc_info=True)
+
+    def refresh_if_pending(self) -> None:
+        if self._refresh_pending:
+            self.refresh()
+
+    def reap(self) -> None:
+        """Fail jobs whose lease expired with no attempts left."""
+        with self.engine.begin() as conn:
+            if n := jobs.reap(conn):
+                log.warning("%d job(s) failed after their workers died", n)
+
+    def serve(self, libpq_url: str, stop: threading.Event | None = None) -> None:
+        """Run the scheduler until SIGTERM, SIGINT or `stop` is set."""
+        stop = stop or threading.Event()
+        scheduler = BlockingScheduler(timezone=dt.UTC)
+        now = dt.datetime.now(dt.UTC)
+        common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        scheduler.add_job(
+            self.drain,
+            "interval",
+            seconds=self.config.poll_seconds,
+            id="poll",
+            next_run_time=now,
+            **common,
+        )
+        scheduler.add_job(
+            self.reap, "interval", seconds=self.config.lease_seconds, id="reap", **common
+        )
+        scheduler.add_job(self.refresh_if_pending, "interval", seconds=30, id="refresh", **common)
+
+        def wake() -> None:
+            scheduler.modify_job("poll", next_run_time=dt.datetime.now(dt.UTC))
+
+        listener = threading.Thread(
+            target=_listen, args=(libpq_url, wake, stop), name="listen", daemon=True
+        )
+        listener.start()
+
+        def shutdown(*_args: object) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, shutdown)
+        watcher = threading.Thread(
+            target=lambda: (stop.wait(), scheduler.shutdown(wait=False)), daemon=True
+        )
+        watcher.start()
+        try:
+            scheduler.start()
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            stop.set()
+            listener.join(timeout=5)
+
+
+def _listen(libpq_url: str, wake: Callable[[], None], stop: threading.Event) -> None:
+    """Call `wake` on every NOTIFY of new jobs; reconnect after errors until `stop`."""
+    while not stop.is_set():
+        try:
+            with psycopg.connect(libpq_url, autocommit=True) as conn:
+                conn.execute(f"LISTEN {saes.CHANNEL}")
+                while not stop.is_set():
+                    for _notify in conn.notifies(timeout=1.0, stop_after=1):
+                        wake()
+        except Exception:
+            log.warning("LISTEN connection lost; reconnecting", exc_info=True)
+            stop.wait(2.0)

@@ -1,0 +1,1 @@
+"""Readers: activation files, the activation store, planted synthetic families."""

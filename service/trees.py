@@ -1,0 +1,47 @@
+"""Rooted trees: the flat rows of `latent_tree()` nested, and drawn as indented text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def nest(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The root with `children` lists, from flat rows (node, parent, other_parents, ...)."""
+    by_label = {row["node"]: {**row, "children": []} for row in rows}
+    root: dict[str, Any] | None = None
+    for row in rows:
+        node = by_label[row["node"]]
+        if row["parent"] is None:
+            root = node
+        else:
+            by_label[row["parent"]]["children"].append(node)
+    if root is None:
+        raise ValueError("rows hold no root")
+    for node in by_label.values():
+        node["children"].sort(key=lambda n: (-(n["score"] or 0), n["node"]))
+    return root
+
+
+def render(root: dict[str, Any]) -> str:
+    """Indented text: label, score, max_act, frequency; other parents after 'also under'."""
+    lines: list[str] = []
+
+    def describe(node: dict[str, Any]) -> str:
+        parts = [node["node"]]
+        if node["score"] is not None:
+            parts.append(f"score {node['score']:.3f}")
+        parts.append(f"max {node['max_act']:.3g}")
+        parts.append(f"freq {node['frequency']:.3g}")
+        if node.get("other_parents"):
+            parts.append("also under " + ", ".join(node["other_parents"]))
+        return "  ".join(parts)
+
+    def walk(node: dict[str, Any], prefix: str, last: bool, top: bool) -> None:
+        branch = "" if top else ("└── " if last else "├── ")
+        lines.append(prefix + branch + describe(node))
+        child_prefix = prefix + ("" if top else ("    " if last else "│   "))
+        for i, child in enumerate(node["children"]):
+            walk(child, child_prefix, i == len(node["children"]) - 1, False)
+
+    walk(root, "", True, True)
+    return "\n".join(lines)
