@@ -24,7 +24,11 @@ class Settings(BaseSettings):
     """Every setting of latent-trees; see the README's settings table."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LATENT_TREES_", extra="ignore", frozen=True, validate_default=True
+        env_prefix="LATENT_TREES_",
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+        populate_by_name=True,
     )
 
     database_url: str | None = Field(

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,8 +18,10 @@ import sqlalchemy as sa
 from psycopg import sql
 from sqlalchemy.engine import Connection, Engine
 
+from service import ingest, settings
 from service.db import engine as db_engine
-from service.db import migrate, server
+from service.db import migrate, server, views
+from service.jobs import worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,3 +144,39 @@ def table_snapshot(connection: Connection) -> dict[str, list[tuple[object, ...]]
         rows = connection.execute(sa.text(f'SELECT * FROM "{name}"')).all()
         snap[name] = sorted((tuple(r) for r in rows), key=repr)
     return snap
+
+
+@dataclass
+class Pipeline:
+    """A clean migrated database, a store under its own home, and settings pointing at both."""
+
+    engine: Engine
+    config: settings.Settings
+    url: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return cli_env(self.config.home, database_url=self.url, **extra)
+
+    def ingest(self, family: str, path: Path, **kwargs: Any) -> ingest.Ingested:
+        return ingest.ingest_activations(self.engine, self.config, family, path, **kwargs)
+
+    def drain(self) -> list[Any]:
+        return worker.Worker(self.engine, self.config).drain()
+
+    def sql(self, query: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.text(query), params).all())
+
+
+@pytest.fixture
+def pipeline(migrated_url: str, engine: Engine, tmp_path: Path) -> Iterator[Pipeline]:
+    """Job tests share the session database; each starts from empty tables (TRUNCATE)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE family, sae, latent, job, edge RESTART IDENTITY CASCADE"))
+        views.refresh(conn)
+    home = tmp_path / "home"
+    home.mkdir()
+    config = settings.Settings(
+        database_url=migrated_url, home=home, device="cpu", lease_seconds=30, poll_seconds=1
+    )
+    yield Pipeline(engine, config, migrated_url)

@@ -28,6 +28,7 @@ class PlantedSpec:
     noise_per_sae: int = 2
     noise_rate: float = 0.02
     vocab: int = 5000
+    min_active_tokens: int = 10
 
 
 @dataclass
@@ -113,6 +114,7 @@ def generate(spec: PlantedSpec) -> PlantedFamily:
         fam.indices.append(c[active].astype(np.int32))
         fam.values.append(v[active])
 
+    n_active = [np.bincount(cols, minlength=w) for cols, w in zip(fam.indices, widths, strict=True)]
     for k in range(len(widths)):
         for j in range(k + 1, len(widths)):
             pairs = {(int(ancestor[k][lf]), int(ancestor[j][lf])) for lf in range(leaves)}
@@ -125,8 +127,8 @@ def generate(spec: PlantedSpec) -> PlantedFamily:
             fam.planted[(k, j)] = {
                 (p, c)
                 for p, c in pairs
-                if not _is_dead(ancestor, k, p, dead_leaf)
-                and not _is_dead(ancestor, j, c, dead_leaf)
+                if n_active[k][p] >= spec.min_active_tokens
+                and n_active[j][c] >= spec.min_active_tokens
             }
     return fam
 
@@ -165,7 +167,3 @@ def _merge_parents(
 
 def _first_leaf(ancestor: list[np.ndarray], level: int, concept: int) -> int:
     return int(np.flatnonzero(ancestor[level] == concept)[0])
-
-
-def _is_dead(ancestor: list[np.ndarray], level: int, concept: int, dead_leaf: int) -> bool:
-    return bool(ancestor[level][dead_leaf] == concept and np.sum(ancestor[level] == concept) == 1)
