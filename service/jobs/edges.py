@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from service import settings
@@ -60,8 +61,7 @@ def run(
         )
     columns = edge_columns(result.edges, inputs, job.id)
     started = time.perf_counter()
-    with engine.begin() as conn:
-        n = jobs.publish(conn, job, columns)
+    n = _publish_with_retries(engine, job, columns)
     return Outcome(
         job.id,
         inputs.label,
@@ -70,6 +70,22 @@ def run(
         result.seconds,
         time.perf_counter() - started,
     )
+
+
+def _publish_with_retries(
+    engine: Engine, job: jobs.Claim, columns: dict[str, np.ndarray], tries: int = 6
+) -> int:
+    """Publish, riding out a database restart (the transaction makes each try all-or-nothing)."""
+    for attempt in range(tries):
+        try:
+            with engine.begin() as conn:
+                return jobs.publish(conn, job, columns)
+        except sa.exc.OperationalError:
+            if attempt == tries - 1:
+                raise
+            log.warning("job %d: database unavailable while publishing; retrying", job.id)
+            time.sleep(min(2.0**attempt, 10.0))
+    raise AssertionError("unreachable")
 
 
 def edge_columns(edges: scores.Edges, inputs: jobs.JobInputs, job_id: int) -> dict[str, np.ndarray]:
