@@ -1,0 +1,68 @@
+"""`upgrade head` yields exactly the view definitions in service/db/views/."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from service.db import engine as db_engine
+from service.db import migrate, views
+
+DEFINITIONS = """
+SELECT c.relname, pg_get_viewdef(c.oid, true) FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm')
+UNION ALL
+SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p
+JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
+UNION ALL
+SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('tree_edges', 'tree_nodes')
+"""
+
+
+def _definitions(url: str) -> dict[str, str]:
+    engine = db_engine.create(url)
+    with engine.connect() as conn:
+        found = dict(conn.execute(sa.text(DEFINITIONS)).all())
+    engine.dispose()
+    return found
+
+
+def test_head_matches_the_view_files(migrated_url: str, fresh_url: str) -> None:
+    engine = db_engine.create(fresh_url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        views.drop_all(conn)
+        assert _count_views(conn) == 0
+        views.create_all(conn)
+    engine.dispose()
+    from_files = _definitions(fresh_url)
+    from_migrations = _definitions(migrated_url)
+    assert set(from_files) >= {
+        "sae_level",
+        "latent_edges",
+        "tree_edges",
+        "tree_nodes",
+        "latent_tree",
+    }
+    assert from_files == from_migrations
+
+
+def test_drift_in_a_view_file_would_be_caught(fresh_url: str, migrated_url: str) -> None:
+    engine = db_engine.create(fresh_url)
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP VIEW latent_edges")
+        conn.exec_driver_sql("CREATE VIEW latent_edges AS SELECT 1 AS parent")
+    engine.dispose()
+    assert _definitions(fresh_url)["latent_edges"] != _definitions(migrated_url)["latent_edges"]
+
+
+def _count_views(conn: sa.Connection) -> int:
+    return int(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm')"
+            )
+        ).scalar_one()
+    )
