@@ -132,15 +132,7 @@ def upgrade() -> None:
         sa.Column("score", sa.REAL, nullable=False),
         sa.Column("n_coactive", sa.Integer, nullable=False),
         sa.PrimaryKeyConstraint("parent_id", "child_id", name="pk_edge"),
-        sa.ForeignKeyConstraint(
-            ["parent_id"], ["latent.id"], name="fk_edge_parent_id_latent", ondelete="CASCADE"
-        ),
-        sa.ForeignKeyConstraint(
-            ["child_id"], ["latent.id"], name="fk_edge_child_id_latent", ondelete="CASCADE"
-        ),
-        sa.ForeignKeyConstraint(
-            ["job_id"], ["job.id"], name="fk_edge_job_id_job", ondelete="CASCADE"
-        ),
+        # No foreign keys on edge: see service/db/tables.py (publishing speed).
         sa.CheckConstraint("n_coactive > 0", name=op.f("ck_edge_coactive")),
         sa.CheckConstraint(
             "masked_cos >= 0 AND masked_cos_parent >= 0 AND max_ratio >= 0 AND score >= 0"

@@ -113,5 +113,12 @@ def rooted_tree(
 
 def delete_family(conn: Connection, name: str) -> bool:
     """Delete a family with its saes, latents, jobs and edges; False if there was none."""
+    conn.execute(
+        sa.text(
+            "DELETE FROM edge WHERE job_id IN (SELECT j.id FROM job j JOIN sae s"
+            " ON s.id = j.parent_sae_id JOIN family f ON f.id = s.family_id WHERE f.name = :n)"
+        ),
+        {"n": name},
+    )
     deleted = conn.execute(sa.delete(tables.Family).where(tables.Family.name == name))
     return deleted.rowcount == 1
