@@ -159,3 +159,33 @@ def test_database_restart_mid_job_is_survived(own_server: tuple[Path, str], tmp_
     engine.dispose()
     assert state == "done"
     assert stored == n_edges > 0
+
+
+def test_ingest_wakes_a_running_worker_through_notify(pipeline: Pipeline, tmp_path: Path) -> None:
+    with pipeline.engine.begin() as conn:
+        queries.create_family(conn, "N")
+    pipeline.ingest("N", random_topk(tmp_path / "n1.npz", 2000, 32, 4, 0))
+    # A 5-minute poll interval: only NOTIFY can make the worker start the job in time.
+    env = pipeline.env(LATENT_TREES_POLL_SECONDS="300")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "worker"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(3.0)  # the worker's first poll has found nothing
+        assert pipeline.sql("SELECT count(*) FROM job")[0][0] == 0
+        started = time.monotonic()
+        (job_id,) = pipeline.ingest("N", random_topk(tmp_path / "n2.npz", 2000, 96, 4, 1)).job_ids
+        wait_for(
+            lambda: pipeline.sql("SELECT state FROM job WHERE id = :j", j=job_id)[0][0] == "done",
+            timeout=60,
+        )
+        assert time.monotonic() - started < 60
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
