@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,8 +73,6 @@ def default_budget(device: torch.device) -> int:
     """16 GiB, or 80% of what is free on the GPU / 25% of host memory if that is less."""
     free = device_.free_memory(device)
     if free is None:
-        import os
-
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         return int(min(16 * GiB, pages // 4))
     return int(min(16 * GiB, free * 0.8))
