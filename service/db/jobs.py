@@ -166,15 +166,3 @@ def reap(conn: Connection) -> int:
             " WHERE state = 'running' AND lease_until < now() AND attempts >= max_attempts"
         )
     ).rowcount
-
-
-def pending_count(conn: Connection) -> int:
-    """Jobs that a worker could claim now."""
-    return int(
-        conn.execute(
-            sa.text(
-                "SELECT count(*) FROM job WHERE attempts < max_attempts AND"
-                " (state = 'pending' OR (state = 'running' AND lease_until < now()))"
-            )
-        ).scalar_one()
-    )
