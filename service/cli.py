@@ -163,17 +163,7 @@ def worker_cmd(
         config = config.model_copy(update={"device": device.value})
 
     def report(result: edges.Outcome | worker.Failure) -> None:
-        if isinstance(result, edges.Outcome):
-            out.print(
-                f"job {result.job_id} {result.label}: {result.n_edges:,} edges,"
-                f" {result.n_coactivations:,} co-activations,"
-                f" compute {result.compute_seconds:.2f} s, write {result.write_seconds:.2f} s"
-            )
-        else:
-            out.print(
-                f"job {result.job_id} failed on attempt {result.attempts} ({result.state}):"
-                f" {result.error}"
-            )
+        out.print(worker.describe(result), markup=False, highlight=False)
 
     runner = worker.Worker(_engine(), config, report)
     if once:

@@ -31,13 +31,7 @@ def run(engine: Engine, config: settings.Settings, say: Callable[[str], None]) -
     say(f"planted family: widths {spec.widths}, {spec.n_tokens:,} tokens, files in {folder}")
 
     def report(result: edges.Outcome | worker.Failure) -> None:
-        if isinstance(result, edges.Outcome):
-            say(
-                f"  job {result.job_id} {result.label}: {result.n_edges:,} edges from"
-                f" {result.n_coactivations:,} co-activations in {result.compute_seconds:.2f} s"
-            )
-        else:
-            say(f"  job {result.job_id} failed ({result.state}): {result.error}")
+        say("  " + worker.describe(result))
 
     runner = worker.Worker(engine, config, report)
     for level in (0, 2, 1):  # the middle width last: it is inserted between the other two

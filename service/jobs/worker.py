@@ -39,6 +39,19 @@ class Failure:
 Report = Callable[[edges.Outcome | Failure], None]
 
 
+def describe(result: edges.Outcome | Failure) -> str:
+    """One line about a finished or failed job, for people."""
+    if isinstance(result, edges.Outcome):
+        return (
+            f"job {result.job_id} {result.label}: {result.n_edges:,} edges,"
+            f" {result.n_coactivations:,} co-activations,"
+            f" compute {result.compute_seconds:.2f} s, write {result.write_seconds:.2f} s"
+        )
+    return (
+        f"job {result.job_id} failed on attempt {result.attempts} ({result.state}): {result.error}"
+    )
+
+
 class Worker:
     """Runs edge jobs against one database; any number of workers may run at once."""
 
