@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from service import errors, settings
 from service.db import server
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def url(config: settings.Settings) -> str:
@@ -59,3 +66,18 @@ def get() -> Engine:
     """The engine of this process, from the settings."""
     config = settings.get()
     return create(url(config), config.connect_timeout)
+
+
+def transaction(engine: Engine, fn: Callable[[Connection], T], tries: int = 6) -> T:
+    """`fn` in one transaction, retried whole while the database is unavailable (a restart):
+    waits of 1, 2, 4, 8 and 10 s. Each try commits all or nothing."""
+    for attempt in range(tries):
+        try:
+            with engine.begin() as conn:
+                return fn(conn)
+        except sa.exc.OperationalError:
+            if attempt == tries - 1:
+                raise
+            log.warning("database unavailable; retrying", exc_info=True)
+            time.sleep(min(2.0**attempt, 10.0))
+    raise AssertionError("unreachable")

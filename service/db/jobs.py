@@ -41,13 +41,23 @@ class Claim:
 
 
 @dataclass(frozen=True)
-class JobInputs:
-    """What a job reads before computing: both saes' activations and latent ids by index."""
+class SaeLatents:
+    """One sae's latent ids and statistics (as stored at ingest), indexed by latent index."""
 
-    parent_path: str
-    child_path: str
-    parent_ids: np.ndarray
-    child_ids: np.ndarray
+    activations_path: str
+    ids: np.ndarray
+    max_act: np.ndarray
+    n_active: np.ndarray
+    sum_sq: np.ndarray
+    n_tokens: int
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    """What a job reads before computing: both saes' activations, latent ids and statistics."""
+
+    parent: SaeLatents
+    child: SaeLatents
     label: str
 
 
@@ -89,29 +99,35 @@ def heartbeat(conn: Connection, job: Claim, lease_seconds: float) -> bool:
 
 
 def inputs(conn: Connection, job: Claim) -> JobInputs:
-    """The activation paths and latent ids (by index) of the job's two saes."""
-    saes = {
-        row.id: row
-        for row in conn.execute(
-            sa.text("SELECT id, name, activations_path FROM sae WHERE id IN (:p, :c)"),
-            {"p": job.parent_sae_id, "c": job.child_sae_id},
-        )
-    }
+    """The activation paths, latent ids and latent statistics of the job's two saes."""
 
-    def ids(sae_id: int) -> np.ndarray:
+    def sae(sae_id: int) -> tuple[str, SaeLatents]:
+        name, path, n_tokens = conn.execute(
+            sa.text(
+                "SELECT s.name, s.activations_path, f.n_tokens FROM sae s"
+                " JOIN family f ON f.id = s.family_id WHERE s.id = :s"
+            ),
+            {"s": sae_id},
+        ).one()
         rows = conn.execute(
-            sa.text("SELECT id FROM latent WHERE sae_id = :s ORDER BY idx"), {"s": sae_id}
-        ).scalars()
-        return np.fromiter(rows, dtype=np.int64)
+            sa.text(
+                "SELECT id, max_act, n_active, sum_sq FROM latent WHERE sae_id = :s ORDER BY idx"
+            ),
+            {"s": sae_id},
+        ).all()
+        columns = np.array(rows, dtype=np.float64).reshape(-1, 4).T
+        return name, SaeLatents(
+            path,
+            columns[0].astype(np.int64),
+            columns[1].astype(np.float32),
+            columns[2].astype(np.int64),
+            columns[3],
+            int(n_tokens),
+        )
 
-    parent, child = saes[job.parent_sae_id], saes[job.child_sae_id]
-    return JobInputs(
-        parent.activations_path,
-        child.activations_path,
-        ids(parent.id),
-        ids(child.id),
-        f"{parent.name} -> {child.name}",
-    )
+    parent_name, parent = sae(job.parent_sae_id)
+    child_name, child = sae(job.child_sae_id)
+    return JobInputs(parent, child, f"{parent_name} -> {child_name}")
 
 
 def publish(conn: Connection, job: Claim, columns: dict[str, np.ndarray]) -> int:

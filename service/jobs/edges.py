@@ -12,12 +12,14 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import sqlalchemy as sa
+import torch
 from sqlalchemy.engine import Engine
 
 from service import settings
 from service.compute import engine as compute
 from service.compute import scores
+from service.compute import stats as stats_
+from service.db import engine as db_engine
 from service.db import jobs
 from service.sources import store
 
@@ -41,10 +43,9 @@ def run(
     job: jobs.Claim,
 ) -> Outcome:
     """Compute and publish the edges of a claimed job (raises on failure, leaving no edges)."""
-    with engine.connect() as conn:
-        inputs = jobs.inputs(conn, job)
-    parent = activation_store.open(inputs.parent_path)
-    child = activation_store.open(inputs.child_path)
+    inputs = db_engine.transaction(engine, lambda conn: jobs.inputs(conn, job))
+    parent = activation_store.open(inputs.parent.activations_path)
+    child = activation_store.open(inputs.child.activations_path)
     params = scores.EdgeParams(
         store_floor=float(job.params.get("store_floor", config.store_floor)),
         top_parents=int(job.params.get("top_parents", 3)),
@@ -58,10 +59,13 @@ def run(
             device=config.device,
             memory_budget=budget,
             chunk_tokens=config.chunk_tokens,
+            # Stored at ingest by the same accumulator: no second pass over the activations.
+            parent_stats=_stats(inputs.parent),
+            child_stats=_stats(inputs.child),
         )
     columns = edge_columns(result.edges, inputs, job.id)
     started = time.perf_counter()
-    n = _publish_with_retries(engine, job, columns)
+    n = db_engine.transaction(engine, lambda conn: jobs.publish(conn, job, columns))
     return Outcome(
         job.id,
         inputs.label,
@@ -72,20 +76,13 @@ def run(
     )
 
 
-def _publish_with_retries(
-    engine: Engine, job: jobs.Claim, columns: dict[str, np.ndarray], tries: int = 6
-) -> int:
-    """Publish, riding out a database restart (the transaction makes each try all-or-nothing)."""
-    for attempt in range(tries):
-        try:
-            with engine.begin() as conn:
-                return jobs.publish(conn, job, columns)
-        except sa.exc.OperationalError:
-            if attempt == tries - 1:
-                raise
-            log.warning("job %d: database unavailable while publishing; retrying", job.id)
-            time.sleep(min(2.0**attempt, 10.0))
-    raise AssertionError("unreachable")
+def _stats(latents: jobs.SaeLatents) -> stats_.LatentStats:
+    return stats_.LatentStats(
+        latents.n_tokens,
+        torch.from_numpy(latents.max_act),
+        torch.from_numpy(latents.n_active),
+        torch.from_numpy(latents.sum_sq),
+    )
 
 
 def edge_columns(edges: scores.Edges, inputs: jobs.JobInputs, job_id: int) -> dict[str, np.ndarray]:
@@ -99,8 +96,8 @@ def edge_columns(edges: scores.Edges, inputs: jobs.JobInputs, job_id: int) -> di
         log.warning("job %d: %d edges overflow float4 and are not stored", job_id, (~finite).sum())
     n_coactive = edges.n_coactive.numpy()
     return {
-        "parent_id": inputs.parent_ids[edges.parent.numpy()][finite],
-        "child_id": inputs.child_ids[edges.child.numpy()][finite],
+        "parent_id": inputs.parent.ids[edges.parent.numpy()][finite],
+        "child_id": inputs.child.ids[edges.child.numpy()][finite],
         "job_id": np.full(int(finite.sum()), job_id, dtype=np.int64),
         **{name: values[finite] for name, values in parts.items()},
         "n_coactive": np.minimum(n_coactive, np.iinfo(np.int32).max)[finite],

@@ -22,6 +22,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
 from service import errors, ingest, settings
+from service.db import engine as db_engine
 from service.db import jobs, saes, views
 from service.jobs import edges
 
@@ -67,8 +68,9 @@ class Worker:
 
     def run_one(self) -> edges.Outcome | Failure | None:
         """Claim and run one job; None when nothing is claimable."""
-        with self.engine.begin() as conn:
-            job = jobs.claim(conn, self.name, self.config.lease_seconds)
+        job = db_engine.transaction(
+            self.engine, lambda conn: jobs.claim(conn, self.name, self.config.lease_seconds)
+        )
         if job is None:
             return None
         result: edges.Outcome | Failure
@@ -77,8 +79,7 @@ class Worker:
         except Exception as exc:
             message = errors.describe(exc)
             log.warning("job %d failed on attempt %d: %s", job.id, job.attempts, message)
-            with self.engine.begin() as conn:
-                state = jobs.fail(conn, job, message)
+            state = db_engine.transaction(self.engine, lambda conn: jobs.fail(conn, job, message))
             result = Failure(job.id, state, job.attempts, message)
         else:
             self.refresh()
