@@ -46,7 +46,7 @@ def plan_tiles(
     d_child: int,
     memory_budget: int,
     dtype: torch.dtype = torch.float64,
-    max_coactivations: int = 1 << 24,
+    max_coactivations: int = pairs_.MAX_COACTIVATIONS,
 ) -> list[pairs_.Tile]:
     """Tiles covering every pair, each fitting `memory_budget` bytes with its chunk expansion."""
     per_pair = _TILE_BYTES_PER_PAIR_PER_DTYPE_BYTE * torch.finfo(dtype).bits // 8
@@ -96,7 +96,7 @@ def score_pair(
     memory_budget: int | None = None,
     chunk_tokens: int = 32768,
     dtype: torch.dtype = torch.float64,
-    max_coactivations: int = 1 << 22,
+    max_coactivations: int = pairs_.MAX_COACTIVATIONS,
     parent_stats: stats_.LatentStats | None = None,
     child_stats: stats_.LatentStats | None = None,
 ) -> PairResult:

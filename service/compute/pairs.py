@@ -21,6 +21,8 @@ from service.compute import chunks as chunks_
 
 # Bytes of working memory per co-activation while a chunk is expanded (indices and values).
 BYTES_PER_COACTIVATION = 64
+# Co-activations expanded at once (a chunk with more is expanded in token batches).
+MAX_COACTIVATIONS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class PairSums:
         tile: Tile,
         device: torch.device,
         dtype: torch.dtype = torch.float64,
-        max_coactivations: int = 1 << 24,
+        max_coactivations: int = MAX_COACTIVATIONS,
     ) -> None:
         self.tile = tile
         self.device = device

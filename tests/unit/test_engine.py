@@ -180,7 +180,9 @@ def test_tiles_and_expansion_batches_give_the_same_edges() -> None:
 
 
 def test_plan_tiles_covers_every_pair_once() -> None:
-    tiles = engine.plan_tiles(1000, 3000, memory_budget=(1 << 24) * 64 + 80 * 400_000)
+    tiles = engine.plan_tiles(
+        1000, 3000, memory_budget=(1 << 24) * 64 + 80 * 400_000, max_coactivations=1 << 24
+    )
     covered = np.zeros((1000, 3000), np.int8)
     for tile in tiles:
         covered[tile.p0 : tile.p1, tile.c0 : tile.c1] += 1
@@ -190,7 +192,9 @@ def test_plan_tiles_covers_every_pair_once() -> None:
 
 def test_plan_for_large_widths_fits_16_gib() -> None:
     for d_p, d_c in ((65536, 262144), (262144, 1 << 20)):
-        tiles = engine.plan_tiles(d_p, d_c, memory_budget=16 * engine.GiB)
+        tiles = engine.plan_tiles(
+            d_p, d_c, memory_budget=16 * engine.GiB, max_coactivations=1 << 24
+        )
         assert sum(t.shape[0] * t.shape[1] for t in tiles) == d_p * d_c
         largest = max(t.shape[0] * t.shape[1] for t in tiles)
         assert largest * 80 + (1 << 24) * 64 <= 16 * engine.GiB
