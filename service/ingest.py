@@ -30,11 +30,6 @@ class Ingested:
     job_ids: list[int]
 
 
-def store_for(config: settings.Settings) -> store.ActivationStore:
-    """The activation store under LATENT_TREES_HOME."""
-    return store.ActivationStore(config.home / "store")
-
-
 def job_params(config: settings.Settings) -> dict[str, object]:
     """The parameters recorded on each new job."""
     return {
@@ -72,7 +67,8 @@ def ingest_activations(
                 acc.add(block)
                 yield block
 
-        stored = store_for(config).write(blocks(), source.n_tokens, source.d_sae)
+        activation_store = store.ActivationStore.under(config.home)
+        stored = activation_store.write(blocks(), source.n_tokens, source.d_sae)
         kind, n_tokens, width = source.kind, source.n_tokens, source.d_sae
     stats = acc.result()
     try:
@@ -96,7 +92,7 @@ def ingest_activations(
                 job_params(config),
             )
     except BaseException:
-        store_for(config).remove(stored)
+        activation_store.remove(stored)
         raise
     log.info("ingested %s: %d tokens, %d latents, jobs %s", final_name, n_tokens, width, job_ids)
     return Ingested(final_name, width, n_tokens, stored.nnz, job_ids)

@@ -21,10 +21,11 @@ import psycopg
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
-from service import errors, ingest, settings
+from service import errors, settings
 from service.db import engine as db_engine
 from service.db import jobs, saes, views
 from service.jobs import edges
+from service.sources import store
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Worker:
         self.engine = engine
         self.config = config
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.store = ingest.store_for(config)
+        self.store = store.ActivationStore.under(config.home)
         self.report = report or (lambda _result: None)
         self._refresh_pending = False
 

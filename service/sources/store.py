@@ -49,6 +49,11 @@ class ActivationStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    @classmethod
+    def under(cls, home: Path) -> ActivationStore:
+        """The store of a LATENT_TREES_HOME."""
+        return cls(home / "store")
+
     def write(self, blocks: Iterable[chunks_.SparseChunk], n_tokens: int, d_sae: int) -> Stored:
         """Store consecutive blocks covering tokens [0, n_tokens) (sorted by token)."""
         tmp = self.root / "tmp" / uuid.uuid4().hex
