@@ -86,12 +86,88 @@ def db_stop() -> None:
     out.print("embedded server stopped" if stopped else "embedded server was not running")
 
 
+class DeviceChoice(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class InputsDtype(StrEnum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
 @family_app.command("create")
-def family_create(name: Annotated[str, typer.Argument(help="Family name, e.g. S.")]) -> None:
-    """Register a family (its saes are added with `ingest`)."""
-    with _engine().begin() as conn:
-        queries.create_family(conn, name)
-    out.print(f"family {name} created")
+def family_create(
+    name: Annotated[str, typer.Argument(help="Family name, e.g. S.")],
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="Model to capture inputs from: folder, .gguf file, hub id."),
+    ] = None,
+    hook: Annotated[
+        str | None,
+        typer.Option("--hook", help="N, blocks.N.hook_resid_post or blocks.N.hook_resid_pre."),
+    ] = None,
+    corpus: Annotated[
+        Path | None, typer.Option("--corpus", help="Text to run: .txt, or .jsonl with 'text'.")
+    ] = None,
+    tokens: Annotated[int | None, typer.Option("--tokens", help="Tokens to capture.")] = None,
+    inputs: Annotated[
+        Path | None, typer.Option("--inputs", help="Precomputed inputs [T, d_in] instead.")
+    ] = None,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence.")] = 128,
+    keep_first: Annotated[
+        bool,
+        typer.Option("--keep-first", help="Keep each sequence's first position (an outlier)."),
+    ] = False,
+    max_norm_ratio: Annotated[
+        float | None,
+        typer.Option("--max-norm-ratio", help="Also skip tokens with norm > R x the median."),
+    ] = None,
+    dtype: Annotated[
+        InputsDtype, typer.Option("--dtype", help="How the inputs are stored.")
+    ] = InputsDtype.float32,
+) -> None:
+    """Register a family: by name only (for activation files), or with model inputs captured
+    from --model at --hook over --corpus, or read from --inputs."""
+    from service import families
+    from service.sources import model as model_
+
+    config = settings.get()
+    engine = _engine()
+    model_options = {"--model": model, "--hook": hook, "--corpus": corpus, "--tokens": tokens}
+    given = [flag for flag, value in model_options.items() if value is not None]
+    if inputs is not None and given:
+        raise errors.BadInput(f"--inputs: expected it alone, got it with {', '.join(given)}")
+    if given and len(given) < len(model_options):
+        missing = [flag for flag in model_options if flag not in given]
+        raise errors.BadInput(f"{', '.join(given)}: expected also {', '.join(missing)}")
+    if model is not None and hook is not None and corpus is not None and tokens is not None:
+        spec = model_.Capture(
+            model=model,
+            hook=hook,
+            corpus=corpus,
+            n_tokens=tokens,
+            seq_len=seq_len,
+            keep_first=keep_first,
+            max_norm_ratio=max_norm_ratio,
+            device=config.device,
+        )
+        created = families.create_from_model(engine, config, name, spec, dtype.value)
+    elif inputs is not None:
+        created = families.create_from_inputs(engine, config, name, inputs, dtype.value)
+    else:
+        created = families.create(engine, name)
+    if created.inputs is None:
+        out.print(f"family {name} created")
+    else:
+        skipped = created.inputs.get("skipped")
+        note = f" (skipped {skipped})" if skipped else ""
+        out.print(
+            f"family {name} created with {created.n_tokens:,} model inputs of d_in"
+            f" {created.d_in}{note}"
+        )
 
 
 @app.command("status")
@@ -125,27 +201,44 @@ def status(
 def ingest_cmd(
     family: Annotated[str, typer.Argument(help="The family to add the sae to.")],
     activations: Annotated[
-        Path, typer.Option("--activations", help="Activation file or directory of shards.")
-    ],
+        Path | None, typer.Option("--activations", help="Activation file or directory of shards.")
+    ] = None,
+    sae: Annotated[
+        Path | None,
+        typer.Option("--sae", help="Checkpoint folder (SAELens, sparsify, dictionary_learning)."),
+    ] = None,
     d_sae: Annotated[
         int | None, typer.Option("--d-sae", help="Latents, if the file does not say.")
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Sae name, e.g. S/3.")] = None,
+    device: Annotated[
+        DeviceChoice | None, typer.Option("--device", help="Where to encode (with --sae).")
+    ] = None,
 ) -> None:
-    """Add an sae from activations and plan the jobs for its new neighbour pairs."""
+    """Add an sae from activations, or from a checkpoint that encodes the family's model
+    inputs, and plan the jobs for its new neighbour pairs."""
     from service import ingest
 
-    added = ingest.ingest_activations(_engine(), settings.get(), family, activations, d_sae, name)
+    config = settings.get()
+    if device is not None:
+        config = config.model_copy(update={"device": device.value})
+    if (activations is None) == (sae is None):
+        raise errors.BadInput("ingest: expected exactly one of --activations FILE or --sae DIR")
+    if sae is not None:
+        if d_sae is not None:
+            raise errors.BadInput("--d-sae: the checkpoint says how many latents it has")
+        added = ingest.ingest_checkpoint(_engine(), config, family, sae, name)
+    else:
+        assert activations is not None
+        added = ingest.ingest_activations(_engine(), config, family, activations, d_sae, name)
+    quality = ""
+    if "fvu" in added.source:
+        quality = f", L0 {added.source['l0']:.1f}, FVU {added.source['fvu']:.3f}"
     out.print(
         f"sae {added.name}: d_sae {added.d_sae}, {added.n_tokens:,} tokens,"
-        f" {added.nnz:,} activations; jobs planned: {added.job_ids or 'none'}"
+        f" {added.nnz:,} activations{quality}; jobs planned: {added.job_ids or 'none'}",
+        markup=False,
     )
-
-
-class DeviceChoice(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 @app.command("worker")
@@ -189,6 +282,9 @@ def tree_cmd(
         float | None, typer.Option("--threshold", help="Default: LATENT_TREES_THRESHOLD.")
     ] = None,
     fmt: Annotated[TreeFormat, typer.Option("--format", help="text or json.")] = TreeFormat.text,
+    n_contexts: Annotated[
+        int, typer.Option("--contexts", min=0, help="Top activations shown per node (text).")
+    ] = 1,
 ) -> None:
     """Print the rooted tree of LABEL: qualifying children, then theirs, and so on."""
     from service import trees
@@ -207,7 +303,7 @@ def tree_cmd(
     if fmt is TreeFormat.json:
         typer.echo(json.dumps(root, indent=2))
     else:
-        typer.echo(trees.render(root))
+        typer.echo(trees.render(root, n_contexts))
 
 
 @app.command("demo")

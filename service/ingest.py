@@ -1,20 +1,28 @@
-"""Ingest an sae from an activation file: validate everything, store, then write in one
-transaction (sae, latents, jobs). A bad input leaves the database exactly as it was."""
+"""Ingest an sae, from an activation file or from a checkpoint that encodes the family's stored
+model inputs: validate everything, store the activations, then write in one transaction (sae,
+latents, top activations, jobs). A bad input leaves the database exactly as it was."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from sqlalchemy.engine import Engine
 
-from service import settings
+from service import errors, settings
+from service.compute import chunks as chunks_
+from service.compute import device as device_
+from service.compute import encode as encode_
 from service.compute import stats as stats_
 from service.db import queries, saes
-from service.sources import activations, store
+from service.sources import activations, checkpoints, store
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,7 @@ class Ingested:
     n_tokens: int
     nnz: int
     job_ids: list[int]
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 def job_params(config: settings.Settings) -> dict[str, object]:
@@ -39,6 +48,90 @@ def job_params(config: settings.Settings) -> dict[str, object]:
     }
 
 
+@dataclass
+class _Staged:
+    """Activations written to the store, with their statistics, awaiting the transaction."""
+
+    stored: store.Stored
+    stats: stats_.LatentStats
+    top: stats_.Top
+
+
+def _stage(
+    config: settings.Settings, blocks: Iterable[chunks_.SparseChunk], n_tokens: int, d_sae: int
+) -> _Staged:
+    """Stream blocks into the store while folding them into the per-latent statistics."""
+    cpu = torch.device("cpu")
+    acc = stats_.StatsAccumulator(d_sae, cpu)
+    top = stats_.TopAccumulator(d_sae, config.top_activations, cpu)
+
+    def counted() -> Iterable[chunks_.SparseChunk]:
+        for block in blocks:
+            acc.add(block)
+            top.add(block)
+            yield block
+
+    stored = store.Store.under(config.home).write_activations(counted(), n_tokens, d_sae)
+    return _Staged(stored, acc.result(), top.result())
+
+
+def _commit(
+    engine: Engine,
+    config: settings.Settings,
+    family: str,
+    name: str | None,
+    what: str,
+    fingerprint: str | None,
+    source: dict[str, Any],
+    staged: _Staged,
+) -> Ingested:
+    stats, stored = staged.stats, staged.stored
+    try:
+        with engine.begin() as conn:
+            family_row = saes.lock_family(conn, family)
+            # Re-check under the lock: another ingest may have landed meanwhile.
+            saes.check_token_set(family_row, what, stats.n_tokens, fingerprint)
+            final_name = name or saes.default_name(conn, family, family_row.id)
+            _, job_ids = saes.add(
+                conn,
+                family_row,
+                final_name,
+                stats.d_sae,
+                saes.LatentColumns(
+                    stats.max_act.numpy(),
+                    stats.n_active.numpy(),
+                    stats.sum_sq.numpy(),
+                    stats.n_tokens,
+                    staged.top.positions.numpy(),
+                    staged.top.values.numpy(),
+                ),
+                fingerprint,
+                source,
+                stored.path,
+                stored.sha256,
+                job_params(config),
+            )
+    except BaseException:
+        store.Store.under(config.home).remove(stored)
+        raise
+    log.info(
+        "ingested %s: %d tokens, %d latents, jobs %s",
+        final_name,
+        stats.n_tokens,
+        stats.d_sae,
+        job_ids,
+    )
+    return Ingested(final_name, stats.d_sae, stats.n_tokens, stored.nnz, job_ids, source)
+
+
+def _check_name(engine: Engine, family: str, name: str | None, d_sae: int | None) -> None:
+    with engine.connect() as conn:
+        family_id = queries.family_id(conn, family)
+        if name is not None:
+            saes.check_name(family, name)
+        saes.check_free(conn, family_id, name, d_sae)
+
+
 def ingest_activations(
     engine: Engine,
     config: settings.Settings,
@@ -48,54 +141,81 @@ def ingest_activations(
     name: str | None = None,
 ) -> Ingested:
     """Add an sae to `family` from the activation file or directory at `path`."""
-    with engine.connect() as conn:
-        family_id = queries.family_id(conn, family)
-        if name is not None:
-            saes.check_name(family, name)
-            saes.check_free(conn, family_id, name, d_sae)
-
+    _check_name(engine, family, name, d_sae)
     with activations.ActivationFile(path, d_sae) as source:
         fingerprint = _fingerprint(source) if source.has_token_ids else None
         with engine.connect() as conn:
             family_row = saes.lock_family(conn, family)
             saes.check_token_set(family_row, str(path), source.n_tokens, fingerprint)
-            saes.check_free(conn, family_id, name, source.d_sae)
-        acc = stats_.StatsAccumulator(source.d_sae, torch.device("cpu"))
+            saes.check_free(conn, family_row.id, name, source.d_sae)
+        staged = _stage(config, source.blocks(), source.n_tokens, source.d_sae)
+        meta = {"kind": "activations", "path": str(path.resolve()), "format": source.kind}
+    return _commit(engine, config, family, name, str(path), fingerprint, meta, staged)
 
-        def blocks():  # type: ignore[no-untyped-def]
-            for block in source.blocks():
-                acc.add(block)
-                yield block
 
-        activation_store = store.ActivationStore.under(config.home)
-        stored = activation_store.write(blocks(), source.n_tokens, source.d_sae)
-        kind, n_tokens, width = source.kind, source.n_tokens, source.d_sae
-    stats = acc.result()
-    try:
-        with engine.begin() as conn:
-            family_row = saes.lock_family(conn, family)
-            # Re-check under the lock: another ingest may have landed meanwhile.
-            saes.check_token_set(family_row, str(path), n_tokens, fingerprint)
-            final_name = name or saes.default_name(conn, family, family_row.id)
-            _, job_ids = saes.add(
-                conn,
-                family_row,
-                final_name,
-                width,
-                saes.LatentColumns(
-                    stats.max_act.numpy(), stats.n_active.numpy(), stats.sum_sq.numpy(), n_tokens
-                ),
-                fingerprint,
-                {"kind": "activations", "path": str(path.resolve()), "format": kind},
-                stored.path,
-                stored.sha256,
-                job_params(config),
-            )
-    except BaseException:
-        activation_store.remove(stored)
-        raise
-    log.info("ingested %s: %d tokens, %d latents, jobs %s", final_name, n_tokens, width, job_ids)
-    return Ingested(final_name, width, n_tokens, stored.nnz, job_ids)
+def ingest_checkpoint(
+    engine: Engine,
+    config: settings.Settings,
+    family: str,
+    folder: Path,
+    name: str | None = None,
+) -> Ingested:
+    """Add an sae to `family` from a checkpoint, encoding the family's stored model inputs."""
+    _check_name(engine, family, name, None)
+    encoder = checkpoints.load(folder)
+    with engine.connect() as conn:
+        family_row = saes.lock_family(conn, family)
+        saes.check_free(conn, family_row.id, name, encoder.d_sae)
+    path = (family_row.inputs or {}).get("path")
+    if not path:
+        raise errors.BadInput(
+            f"family {family!r} has no model inputs to encode: create it with"
+            " `family create NAME --model ...` or `--inputs FILE`"
+        )
+    inputs = store.Store.under(config.home).open_inputs(path)
+    if encoder.d_in != inputs.d_in:
+        raise errors.BadInput(
+            f"{folder}: d_in: expected {inputs.d_in} (the model inputs of family {family!r}),"
+            f" got {encoder.d_in}"
+        )
+    if encoder.normalisation is encode_.Normalisation.scale and math.isnan(encoder.input_scale):
+        encoder.input_scale = _expected_average_scale(inputs, config.encode_tokens)
+    device = device_.resolve(config.device)
+    dtype = getattr(torch, config.encode_dtype)
+    moved = encoder.to(device, dtype)
+    quality = encode_.Reconstruction()
+    started = time.perf_counter()
+    blocks = (
+        encode_.encode_chunk(moved, x.to(device), start, quality)
+        for start, x in inputs.batches(config.encode_tokens)
+    )
+    staged = _stage(config, blocks, inputs.n_tokens, encoder.d_sae)
+    seconds = time.perf_counter() - started
+    meta = {
+        "kind": "checkpoint",
+        "path": str(folder.resolve()),
+        **encoder.metadata,
+        "d_in": encoder.d_in,
+        "k": encoder.k,
+        "device": str(device),
+        "dtype": config.encode_dtype,
+        "fvu": round(quality.fvu, 6),
+        "l0": round(quality.l0, 3),
+        "encode_seconds": round(seconds, 3),
+    }
+    return _commit(
+        engine, config, family, name, str(folder), family_row.token_fingerprint, meta, staged
+    )
+
+
+def _expected_average_scale(inputs: store.InputsSource, batch_tokens: int) -> float:
+    """SAELens `expected_average_only_in` without a stored factor: scale so that the mean input
+    norm is sqrt(d_in), measured on the family's inputs."""
+    total, count = 0.0, 0
+    for _start, x in inputs.batches(batch_tokens):
+        total += float(x.float().norm(dim=-1).sum())
+        count += int(x.shape[0])
+    return (inputs.d_in**0.5) / (total / count) if total > 0 else 1.0
 
 
 def _fingerprint(source: activations.ActivationFile) -> str:

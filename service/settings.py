@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     chunk_tokens: int = Field(
         default=32768, ge=1, description="Tokens per streamed chunk when scoring."
     )
+    encode_tokens: int = Field(
+        default=4096, ge=1, description="Tokens per batch when encoding inputs with an sae."
+    )
+    encode_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="Dtype of sae weights and inputs while encoding."
+    )
+    top_activations: int = Field(
+        default=10, ge=1, le=100, description="Largest activations kept per latent (contexts)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Logging level of the CLI and workers."
     )

@@ -22,8 +22,17 @@ def nest(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return root
 
 
-def render(root: dict[str, Any]) -> str:
-    """Indented text: label, score, max_act, frequency; other parents after 'also under'."""
+def context_text(context: dict[str, Any]) -> str | None:
+    """One top activation as text: the active token in [brackets], newlines shown as ⏎."""
+    if context.get("token") is None:
+        return None
+    text = f"{context['context_before'] or ''}[{context['token']}]{context['context_after'] or ''}"
+    return f"{context['value']:.3g}: " + text.replace("\n", "⏎").replace("\r", "")
+
+
+def render(root: dict[str, Any], n_contexts: int = 1) -> str:
+    """Indented text: label, score, max_act, frequency; other parents after 'also under';
+    under each node, its `n_contexts` top activations in context when the texts are known."""
     lines: list[str] = []
 
     def describe(node: dict[str, Any]) -> str:
@@ -40,6 +49,11 @@ def render(root: dict[str, Any]) -> str:
         branch = "" if top else ("└── " if last else "├── ")
         lines.append(prefix + branch + describe(node))
         child_prefix = prefix + ("" if top else ("    " if last else "│   "))
+        rail = child_prefix + ("│   " if node["children"] else "    ")
+        for context in node.get("contexts", [])[:n_contexts]:
+            text = context_text(context)
+            if text is not None:
+                lines.append(rail + "  » " + text)
         for i, child in enumerate(node["children"]):
             walk(child, child_prefix, i == len(node["children"]) - 1, False)
 

@@ -72,3 +72,52 @@ def latent_stats(
     for chunk in source.chunks(chunk_tokens):
         acc.add(chunk.to(dev))
     return acc.result()
+
+
+@dataclass(frozen=True)
+class Top:
+    """The largest activations of each latent: positions [d_sae, k] (token index, -1 = none)
+    and values [d_sae, k], largest first; ties go to the earliest token."""
+
+    positions: Int[Tensor, "d_sae k"]
+    values: Float[Tensor, "d_sae k"]
+
+
+class TopAccumulator:
+    """Streams chunks into each latent's `k` largest activations and their token positions."""
+
+    def __init__(self, d_sae: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.values = torch.full((d_sae, k), -1.0, dtype=torch.float32, device=device)
+        self.positions = torch.full((d_sae, k), -1, dtype=torch.int64, device=device)
+
+    def add(self, chunk: chunks_.SparseChunk) -> None:
+        """Fold one chunk in: only entries above their latent's current k-th value compete."""
+        beats = chunk.values > self.values[chunk.cols, -1]
+        if not bool(beats.any()):
+            return
+        cols, values = chunk.cols[beats], chunk.values[beats]
+        positions = chunk.start + chunk.rows[beats]
+        touched = torch.unique(cols)
+        k = self.k
+        lat = torch.cat([touched.repeat_interleave(k), cols])
+        val = torch.cat([self.values[touched].flatten(), values])
+        pos = torch.cat([self.positions[touched].flatten(), positions])
+        # Order by latent, then value (largest first), then position (earliest first):
+        # three stable sorts, least significant key first.
+        order = torch.sort(pos, stable=True).indices
+        order = order[torch.sort(val[order], descending=True, stable=True).indices]
+        order = order[torch.sort(lat[order], stable=True).indices]
+        lat, val, pos = lat[order], val[order], pos[order]
+        group_start = torch.searchsorted(lat, touched)
+        slot = (
+            torch.arange(lat.numel(), device=lat.device)
+            - group_start[torch.searchsorted(touched, lat)]
+        )
+        keep = slot < k
+        self.values[lat[keep], slot[keep]] = val[keep]
+        self.positions[lat[keep], slot[keep]] = pos[keep]
+
+    def result(self) -> Top:
+        positions = torch.where(self.values > 0, self.positions, -1)
+        return Top(positions.cpu(), self.values.clamp(min=0).cpu())

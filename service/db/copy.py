@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from sqlalchemy.engine import Connection
@@ -41,3 +42,17 @@ def copy_in(conn: Connection, table: str, columns: Mapping[str, tuple[np.ndarray
             cp.write(records[start : start + ROWS_PER_WRITE].tobytes())
         cp.write(TRAILER)
     return len(records)
+
+
+def copy_rows(
+    conn: Connection, table: str, names: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> int:
+    """COPY Python rows (any column types, text included) into `table`; returns the count."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    count = 0
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as cp:
+        for row in rows:
+            cp.write_row(row)
+            count += 1
+    return count

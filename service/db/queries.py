@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
 from service import errors
-from service.db import tables
+from service.db import copy, tables
 
 _NAME = re.compile(tables.NAME_PATTERN)
 
@@ -24,18 +25,44 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
-def create_family(conn: Connection, name: str) -> int:
-    """Register a family; DuplicateFamily if the name is taken."""
+def create_family(
+    conn: Connection,
+    name: str,
+    inputs: dict[str, Any] | None = None,
+    n_tokens: int | None = None,
+    token_fingerprint: str | None = None,
+) -> int:
+    """Register a family (with its stored model inputs, if any); DuplicateFamily if the name
+    is taken."""
     check_name("family", name)
     inserted = conn.execute(
         pg.insert(tables.Family)
-        .values(name=name)
+        .values(
+            name=name,
+            inputs=inputs or {},
+            n_tokens=n_tokens,
+            token_fingerprint=token_fingerprint,
+        )
         .on_conflict_do_nothing(index_elements=["name"])
         .returning(tables.Family.id)
     ).scalar_one_or_none()
     if inserted is None:
         raise errors.DuplicateFamily(f"family {name!r} already exists")
     return int(inserted)
+
+
+def add_tokens(
+    conn: Connection, family_id: int, token_ids: np.ndarray, sequence: np.ndarray, texts: list[str]
+) -> int:
+    """The texts of a family's token set, one row per position."""
+    positions = np.arange(len(token_ids))
+    rows = zip(positions.tolist(), token_ids.tolist(), sequence.tolist(), texts, strict=True)
+    return copy.copy_rows(
+        conn,
+        "token",
+        ("family_id", "position", "token_id", "sequence", "text"),
+        ((family_id, *row) for row in rows),
+    )
 
 
 def family_id(conn: Connection, name: str) -> int:
@@ -97,7 +124,8 @@ def latent(conn: Connection, label: str) -> sa.Row[Any]:
 def rooted_tree(
     conn: Connection, root: str, threshold: float, min_active_tokens: int
 ) -> list[dict[str, Any]]:
-    """Flat rows of `latent_tree(root, threshold)` with each node's max_act and frequency."""
+    """Flat rows of `latent_tree(root, threshold)` with each node's max_act, frequency and top
+    activations in context."""
     latent(conn, root)
     rows = conn.execute(
         sa.text(
@@ -108,7 +136,29 @@ def rooted_tree(
         ),
         {"root": root, "threshold": threshold, "min_active": min_active_tokens},
     ).mappings()
-    return [dict(row) for row in rows]
+    nodes = [dict(row) for row in rows]
+    found = contexts(conn, [node["node"] for node in nodes])
+    for node in nodes:
+        node["contexts"] = found[node["node"]]
+    return nodes
+
+
+def contexts(
+    conn: Connection, labels: list[str], width: int = 8
+) -> dict[str, list[dict[str, Any]]]:
+    """Each latent's top activations in context (`latent_contexts()`), by label."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT l.label, c.rank, c.position, c.value, c.context_before, c.token,"
+            " c.context_after FROM unnest(CAST(:labels AS text[])) AS l(label),"
+            " LATERAL latent_contexts(l.label, :width) c ORDER BY l.label, c.rank"
+        ),
+        {"labels": labels, "width": width},
+    ).mappings()
+    found: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    for row in rows:
+        found[row["label"]].append({k: v for k, v in row.items() if k != "label"})
+    return found
 
 
 def delete_family(conn: Connection, name: str) -> bool:

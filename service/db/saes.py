@@ -24,6 +24,9 @@ class LatentColumns:
     n_active: np.ndarray
     sum_sq: np.ndarray
     n_tokens: int
+    # The largest activations: token positions [d_sae, k] (-1: none) and values [d_sae, k].
+    top_positions: np.ndarray | None = None
+    top_values: np.ndarray | None = None
 
 
 def default_name(conn: Connection, family: str, family_id: int) -> str:
@@ -142,7 +145,37 @@ def add(
         {"sae": sae_id, "name": name, "t": stats.n_tokens},
     )
     conn.exec_driver_sql("DROP TABLE latent_stage")
+    if stats.top_positions is not None and stats.top_values is not None:
+        _add_top(conn, sae_id, stats.top_positions, stats.top_values)
     return sae_id, plan_jobs(conn, sae_id, job_params)
+
+
+def _add_top(conn: Connection, sae_id: int, positions: np.ndarray, values: np.ndarray) -> None:
+    d_sae, k = positions.shape
+    kept = (positions >= 0).ravel()
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE top_stage (idx int4, rank int4, position int8, value float4)"
+        " ON COMMIT DROP"
+    )
+    copy.copy_in(
+        conn,
+        "top_stage",
+        {
+            "idx": (np.repeat(np.arange(d_sae, dtype=np.int32), k)[kept], "int4"),
+            "rank": (np.tile(np.arange(1, k + 1, dtype=np.int32), d_sae)[kept], "int4"),
+            "position": (positions.ravel()[kept], "int8"),
+            "value": (values.ravel()[kept], "float4"),
+        },
+    )
+    conn.execute(
+        sa.text(
+            "INSERT INTO top_activation (latent_id, rank, position, value)"
+            " SELECT l.id, t.rank, t.position, t.value FROM top_stage t"
+            " JOIN latent l ON l.sae_id = :sae AND l.idx = t.idx"
+        ),
+        {"sae": sae_id},
+    )
+    conn.exec_driver_sql("DROP TABLE top_stage")
 
 
 def plan_jobs(conn: Connection, sae_id: int, params: dict[str, Any]) -> list[int]:

@@ -164,3 +164,35 @@ class Edge(Base):
             name="finite_scores",
         ),
     )
+
+
+class Token(Base):
+    """One token of a family's token set, when its text is known (inputs captured from a model):
+    read around a latent's top activations to show them in context."""
+
+    __tablename__ = "token"
+
+    family_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("family.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
+    token_id: Mapped[int] = mapped_column(sa.Integer)
+    sequence: Mapped[int] = mapped_column(sa.BigInteger)
+    text: Mapped[str] = mapped_column(sa.Text)
+
+
+class TopActivation(Base):
+    """One of a latent's largest activations (rank 1 = largest; ties to the earliest token)."""
+
+    __tablename__ = "top_activation"
+
+    latent_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("latent.id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    position: Mapped[int] = mapped_column(sa.BigInteger)
+    value: Mapped[float] = mapped_column(sa.REAL)
+
+    __table_args__ = (
+        sa.CheckConstraint("rank >= 1 AND position >= 0 AND value > 0", name="valid"),
+    )

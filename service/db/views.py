@@ -16,6 +16,7 @@ FOLDER = Path(__file__).with_name("views")
 MATERIALIZED = ("tree_edges", "tree_nodes")
 # Dropped in this order (dependents first).
 OBJECTS = (
+    ("FUNCTION", "latent_contexts(text, integer)"),
     ("FUNCTION", "latent_tree(text, real, integer)"),
     ("MATERIALIZED VIEW", "tree_nodes"),
     ("MATERIALIZED VIEW", "tree_edges"),

@@ -39,13 +39,13 @@ class Outcome:
 def run(
     engine: Engine,
     config: settings.Settings,
-    activation_store: store.ActivationStore,
+    activation_store: store.Store,
     job: jobs.Claim,
 ) -> Outcome:
     """Compute and publish the edges of a claimed job (raises on failure, leaving no edges)."""
     inputs = db_engine.transaction(engine, lambda conn: jobs.inputs(conn, job))
-    parent = activation_store.open(inputs.parent.activations_path)
-    child = activation_store.open(inputs.child.activations_path)
+    parent = activation_store.open_activations(inputs.parent.activations_path)
+    child = activation_store.open_activations(inputs.child.activations_path)
     params = scores.EdgeParams(
         store_floor=float(job.params.get("store_floor", config.store_floor)),
         top_parents=int(job.params.get("top_parents", 3)),

@@ -63,7 +63,7 @@ class Worker:
         self.engine = engine
         self.config = config
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.store = store.ActivationStore.under(config.home)
+        self.store = store.Store.under(config.home)
         self.report = report or (lambda _result: None)
         self._refresh_pending = False
 

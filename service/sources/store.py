@@ -1,9 +1,13 @@
-"""The activation store: content-addressed CSR files under `LATENT_TREES_HOME/store`.
+"""The store: content-addressed files under `LATENT_TREES_HOME/store`.
 
-Each sae's activations are kept as `indptr.i64` [T+1], `indices.i32` [nnz], `values.f32` [nnz]
-and `meta.json` in `activations/<sha256>/`, so jobs can re-read them in token chunks through
-memory maps. Writes go to a temporary folder first and are renamed into place: a reader never
-sees a half-written entry, and identical content is stored once.
+- `activations/<sha256>/`: one sae's activations as CSR, `indptr.i64` [T+1], `indices.i32`
+  [nnz], `values.f32` [nnz] and `meta.json`, re-read by jobs in token chunks through memory maps.
+- `inputs/<sha256>/`: a family's model inputs, `inputs.bin` [T, d_in] (float32, float16 or
+  bfloat16 bits), `token_ids.i64` [T], `sequence.i64` [T] (which sequence each token came from),
+  `vocab.json` (the text of each token id, when a tokenizer is known) and `meta.json`.
+
+Writes go to a temporary folder first and are renamed into place: a reader never sees a
+half-written entry, and identical content is stored once.
 """
 
 from __future__ import annotations
@@ -43,18 +47,44 @@ class Stored:
     created: bool  # False when identical content was already there
 
 
-class ActivationStore:
+INPUT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class InputsBatch:
+    """Consecutive tokens of model inputs: x [b, d_in], their token ids and sequence numbers."""
+
+    x: torch.Tensor
+    token_ids: np.ndarray
+    sequence: np.ndarray
+
+
+@dataclass(frozen=True)
+class StoredInputs:
+    """Where a family's model inputs were stored."""
+
+    path: str  # relative to the store root: inputs/<sha256>
+    sha256: str
+    n_tokens: int
+    d_in: int
+    token_fingerprint: str  # sha256 of the token ids as little-endian int64
+    created: bool
+
+
+class Store:
     """The store under one root folder."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
     @classmethod
-    def under(cls, home: Path) -> ActivationStore:
+    def under(cls, home: Path) -> Store:
         """The store of a LATENT_TREES_HOME."""
         return cls(home / "store")
 
-    def write(self, blocks: Iterable[chunks_.SparseChunk], n_tokens: int, d_sae: int) -> Stored:
+    def write_activations(
+        self, blocks: Iterable[chunks_.SparseChunk], n_tokens: int, d_sae: int
+    ) -> Stored:
         """Store consecutive blocks covering tokens [0, n_tokens) (sorted by token)."""
         tmp = self.root / "tmp" / uuid.uuid4().hex
         tmp.mkdir(parents=True)
@@ -83,20 +113,24 @@ class ActivationStore:
                 + b"".join(hashes[name].digest() for name in FILES)
             ).hexdigest()
             meta = {"n_tokens": n_tokens, "d_sae": d_sae, "nnz": nnz, "sha256": digest}
-            (tmp / "meta.json").write_text(json.dumps(meta))
-            rel = f"activations/{digest}"
-            final = self.root / rel
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(tmp, final)
-                created = True
-            except OSError:
-                if not (final / "meta.json").exists():
-                    raise
-                created = False  # same content stored before
+            rel, created = self._commit(tmp, "activations", digest, meta)
             return Stored(rel, digest, n_tokens, d_sae, nnz, created)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _commit(self, tmp: Path, kind: str, digest: str, meta: dict[str, Any]) -> tuple[str, bool]:
+        """Write meta.json and rename `tmp` to `kind/digest`; (relative path, created)."""
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        rel = f"{kind}/{digest}"
+        final = self.root / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "meta.json").exists():
+                raise
+            return rel, False  # same content stored before
+        return rel, True
 
     @staticmethod
     def _put(handles: dict[str, Any], hashes: dict[str, Any], name: str, array: np.ndarray) -> None:
@@ -104,12 +138,69 @@ class ActivationStore:
         handles[name].write(data)
         hashes[name].update(data)
 
-    def remove(self, stored: Stored) -> None:
-        """Undo a write that created a new entry (used when the ingest transaction fails)."""
+    def remove(self, stored: Stored | StoredInputs) -> None:
+        """Undo a write that created a new entry (used when the transaction fails)."""
         if stored.created:
             shutil.rmtree(self.root / stored.path, ignore_errors=True)
 
-    def open(self, rel_path: str) -> StoreSource:
+    def write_inputs(
+        self,
+        batches: Iterable[InputsBatch],
+        d_in: int,
+        dtype: str,
+        vocab: dict[int, str] | None,
+        meta: dict[str, Any],
+    ) -> StoredInputs:
+        """Store a family's model inputs, batch after batch, as `dtype`."""
+        if dtype not in INPUT_DTYPES:
+            raise errors.BadInput(f"--dtype {dtype}: expected one of {', '.join(INPUT_DTYPES)}")
+        tmp = self.root / "tmp" / uuid.uuid4().hex
+        tmp.mkdir(parents=True)
+        try:
+            digest = hashlib.sha256(f"inputs:{d_in}:{dtype}:".encode())
+            fingerprint = hashlib.sha256()
+            n_tokens = 0
+            with (
+                (tmp / "inputs.bin").open("wb") as xs,
+                (tmp / "token_ids.i64").open("wb") as ids,
+                (tmp / "sequence.i64").open("wb") as seqs,
+            ):
+                for batch in batches:
+                    if batch.x.ndim != 2 or batch.x.shape[1] != d_in:
+                        raise ValueError(f"inputs batch of shape {tuple(batch.x.shape)}")
+                    raw = _input_bytes(batch.x, dtype)
+                    id_bytes = np.ascontiguousarray(batch.token_ids, "<i8").tobytes()
+                    xs.write(raw)
+                    ids.write(id_bytes)
+                    seqs.write(np.ascontiguousarray(batch.sequence, "<i8").tobytes())
+                    digest.update(raw)
+                    digest.update(id_bytes)
+                    fingerprint.update(id_bytes)
+                    n_tokens += int(batch.x.shape[0])
+            if n_tokens == 0:
+                raise errors.BadInput("the inputs hold no tokens")
+            if vocab is not None:
+                (tmp / "vocab.json").write_text(json.dumps({str(k): v for k, v in vocab.items()}))
+                digest.update((tmp / "vocab.json").read_bytes())
+            sha = digest.hexdigest()
+            info = {
+                **meta,
+                "n_tokens": n_tokens,
+                "d_in": d_in,
+                "dtype": dtype,
+                "sha256": sha,
+                "token_fingerprint": fingerprint.hexdigest(),
+            }
+            rel, created = self._commit(tmp, "inputs", sha, info)
+            return StoredInputs(rel, sha, n_tokens, d_in, fingerprint.hexdigest(), created)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def open_inputs(self, rel_path: str) -> InputsSource:
+        """A family's stored model inputs."""
+        return InputsSource(self.root / rel_path)
+
+    def open_activations(self, rel_path: str) -> StoreSource:
         """The stored activations at `rel_path` as a chunk source."""
         return StoreSource(self.root / rel_path)
 
@@ -161,3 +252,59 @@ def _map(path: Path, dtype: type, shape: tuple[int]) -> np.ndarray:
     if shape[0] == 0:
         return np.zeros(shape, dtype)
     return np.memmap(path, dtype, "r", shape=shape)
+
+
+def _input_bytes(x: torch.Tensor, dtype: str) -> bytes:
+    converted = x.detach().to("cpu", getattr(torch, dtype)).contiguous()
+    if dtype == "bfloat16":  # numpy has no bfloat16: keep the bits
+        converted = converted.view(torch.int16)
+    return converted.numpy().tobytes()
+
+
+class InputsSource:
+    """A family's stored model inputs, read through memory maps."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            self.meta = json.loads((folder / "meta.json").read_text())
+            self.n_tokens, self.d_in = int(self.meta["n_tokens"]), int(self.meta["d_in"])
+            self.dtype = str(self.meta["dtype"])
+            storage = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}
+            self._x = np.memmap(
+                folder / "inputs.bin", storage[self.dtype], "r", shape=(self.n_tokens, self.d_in)
+            )
+            self.token_ids = np.memmap(folder / "token_ids.i64", "<i8", "r", shape=(self.n_tokens,))
+            self.sequence = np.memmap(folder / "sequence.i64", "<i8", "r", shape=(self.n_tokens,))
+            vocab_file = folder / "vocab.json"
+            self.vocab: dict[int, str] | None = (
+                {int(k): v for k, v in json.loads(vocab_file.read_text()).items()}
+                if vocab_file.exists()
+                else None
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise errors.ServiceError(f"inputs store entry {folder} is missing or damaged") from exc
+
+    def batches(self, batch_tokens: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, inputs [b, d_in] as stored) for consecutive batches of tokens."""
+        for start in range(0, self.n_tokens, batch_tokens):
+            block = torch.from_numpy(np.array(self._x[start : start + batch_tokens]))
+            yield start, block.view(torch.bfloat16) if self.dtype == "bfloat16" else block
+
+    def context(self, position: int, width: int) -> tuple[str, str, str] | None:
+        """(text before, the token, text after): up to `width` tokens either side within the
+        token's sequence; None when the token texts are not known."""
+        if self.vocab is None:
+            return None
+        lo, hi = max(0, position - width), min(self.n_tokens, position + width + 1)
+        seq = self.sequence[position]
+        ids, seqs = self.token_ids[lo:hi], self.sequence[lo:hi]
+
+        def text(span: range) -> str:
+            vocab = self.vocab or {}
+            return "".join(vocab.get(int(ids[i - lo]), "") for i in span if seqs[i - lo] == seq)
+
+        return (
+            text(range(lo, position)),
+            text(range(position, position + 1)),
+            text(range(position + 1, hi)),
+        )

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from service.db import engine as db_engine
 from service.db import migrate, tables
 
-TABLES = {"family", "sae", "latent", "edge", "job"}
+TABLES = {"family", "sae", "latent", "edge", "job", "token", "top_activation"}
 
 
 def _tables(engine: sa.Engine) -> set[str]:

@@ -43,6 +43,7 @@ def test_head_matches_the_view_files(migrated_url: str, fresh_url: str) -> None:
         "tree_edges",
         "tree_nodes",
         "latent_tree",
+        "latent_contexts",
     }
     assert from_files == from_migrations
 
