@@ -61,7 +61,7 @@ def create_from_inputs(
 
         def batches() -> Iterator[store.InputsBatch]:
             for start in range(0, n_tokens, BATCH_ROWS):
-                block = np.asarray(x[start : start + BATCH_ROWS])
+                block = np.array(x[start : start + BATCH_ROWS])  # a writable copy for torch
                 if not np.isfinite(block).all():
                     raise errors.BadInput(f"{path}: field 'inputs': expected finite values")
                 ids = (
