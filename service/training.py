@@ -79,7 +79,9 @@ def train_topk(x: Tensor, recipe: Recipe) -> dict[str, Tensor]:
         with torch.no_grad():
             params["W_dec"].div_(params["W_dec"].norm(dim=-1, keepdim=True))
         if step % 200 == 0:
-            log.info("d_sae %d step %d/%d loss %.4g", recipe.d_sae, step, steps, float(loss.detach()))
+            log.info(
+                "d_sae %d step %d/%d loss %.4g", recipe.d_sae, step, steps, float(loss.detach())
+            )
     with torch.no_grad():  # fold the input scale in: the saved sae reads raw inputs
         return {
             "W_enc": params["W_enc"].detach() * scale,
