@@ -86,7 +86,9 @@ def run_model(
     )
     inputs_path = str(created.inputs["path"])
     source = store.Store.under(config.home).open_inputs(inputs_path)
-    saes_dir = folder / "saes" / inputs_path.rsplit("/", 1)[-1] / f"k{sizes.k}-e{sizes.epochs:g}"
+    saes_dir = (
+        folder / "saes" / inputs_path.rsplit("/", 1)[-1] / f"k{sizes.k}-e{sizes.epochs:g}-lr2e-3"
+    )
     say(f"training TopK saes of widths {list(sizes.widths)} (k {sizes.k}) into {saes_dir} ...")
     checkpoints = training.train_family(source, saes_dir, list(sizes.widths), sizes.k, sizes.epochs)
     say(f"  ({time.perf_counter() - started:.0f} s)")

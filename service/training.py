@@ -2,9 +2,10 @@
 
 This is the demo's trainer, not a training library: the TopK recipe of Gao et al. (2024) in a
 few lines (decoder rows kept at unit norm, decoder bias started at the inputs' mean, Adam,
-sparse decoding), good enough to show real splits on a laptop. Inputs are scaled to a mean norm
-of sqrt(d_in) while training, and the scale is folded into the saved weights, so the checkpoint
-reads raw inputs (`normalize_activations: none`), as SAELens itself saves it.
+sparse decoding; no auxiliary loss, so some latents die), good enough to show real splits on a
+laptop. Inputs are scaled to a mean norm of sqrt(d_in) while training, and the scale is folded
+into the saved weights, so the checkpoint reads raw inputs (`normalize_activations: none`), as
+SAELens itself saves it.
 
     python -m service.training INPUTS_DIR OUT_DIR --widths 256 1024 4096 --k 16
 """
@@ -38,7 +39,9 @@ class Recipe:
     k: int = 16
     epochs: float = 4.0
     batch_tokens: int = 1024
-    lr: float | None = None  # default 2e-4 / sqrt(d_sae / 16384), the paper's scaling law
+    # Higher than the paper's 2e-4 / sqrt(d_sae / 16384): the demo trains for only a few
+    # hundred steps (at 60k tokens, 2e-3 gave FVU 0.114 at 4096 latents, the law's 4e-4 0.200).
+    lr: float = 2e-3
     seed: int = 0
 
 
@@ -61,8 +64,7 @@ def train_topk(x: Tensor, recipe: Recipe) -> dict[str, Tensor]:
         "W_dec": torch.nn.Parameter(w_dec),
         "b_dec": torch.nn.Parameter(xs.mean(dim=0)),
     }
-    lr = recipe.lr or 2e-4 / (recipe.d_sae / 16384) ** 0.5
-    optimizer = torch.optim.Adam(params.values(), lr=lr)
+    optimizer = torch.optim.Adam(params.values(), lr=recipe.lr)
     steps = max(1, int(recipe.epochs * n_tokens / recipe.batch_tokens))
     for step in range(steps):
         batch = xs[torch.randint(n_tokens, (recipe.batch_tokens,), generator=generator)]
