@@ -45,7 +45,6 @@ def create_from_model(
 ) -> Created:
     """Capture `spec.n_tokens` inputs at `spec.hook` of `spec.model` over `spec.corpus`."""
     _check_free(engine, name)
-    spec.check()
     batches, d_in, vocab, meta = model_.capture(spec)
     # `vocab` fills up as the batches stream in; the store writes it after the last batch.
     return _store_and_register(engine, config, name, batches, d_in, dtype, vocab, meta)

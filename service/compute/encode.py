@@ -104,9 +104,10 @@ class Encoder:
     def encode(self, x: Float[Tensor, "b d_in"]) -> Float[Tensor, "b d_sae"]:
         """Dense activations (>= 0) of a batch of inputs."""
         normalised, _scale, _shift = self.normalise(x.to(self.W_enc.dtype))
-        return self._activate(normalised)
+        return self.activate(normalised)
 
-    def _activate(self, normalised: Tensor) -> Tensor:
+    def activate(self, normalised: Tensor) -> Tensor:
+        """Dense activations of already normalised inputs."""
         pre = (normalised - self.input_bias) @ self.W_enc + self.b_enc
         if self.architecture is Architecture.relu:
             return torch.relu(pre)
@@ -165,7 +166,7 @@ def encode_chunk(
     token, and fold its reconstruction error into `quality`."""
     x = x.to(encoder.W_enc.dtype)
     normalised, scale, shift = encoder.normalise(x)
-    acts = encoder._activate(normalised)
+    acts = encoder.activate(normalised)
     rows, cols = acts.nonzero(as_tuple=True)
     quality.add(x, encoder.decode(acts, scale, shift), int(rows.numel()))
     return chunks_.SparseChunk(
