@@ -37,14 +37,7 @@ T = TypeVar("T")
 
 def _engine(*, migrated: bool = True) -> Engine:
     engine = db_engine.get()
-    if migrated:
-        have, want = migrate.current(engine), migrate.head()
-        if have != want:
-            raise errors.ServiceError(
-                f"the database schema is at revision {have or 'none'}, expected {want}:"
-                " run `latent-trees db upgrade`"
-            )
-    return engine
+    return migrate.require_head(engine) if migrated else engine
 
 
 @db_app.command("upgrade")
@@ -304,6 +297,31 @@ def tree_cmd(
         typer.echo(json.dumps(root, indent=2))
     else:
         typer.echo(trees.render(root, n_contexts))
+
+
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
+) -> None:
+    """Serve the JSON API and the tree and DAG viewer (open http://HOST:PORT/)."""
+    import uvicorn
+
+    config = settings.get()
+    # Fail here, in one line, if the database is unreachable or behind; the server's
+    # processes then find the embedded server that this one started.
+    _engine().dispose()
+    out.print(f"serving latent-trees on http://{host}:{port}/ (Ctrl-C stops)", markup=False)
+    uvicorn.run(
+        "service.api.app:create",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=config.log_level.lower(),
+        access_log=False,
+    )
 
 
 @app.command("demo")

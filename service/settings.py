@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     top_activations: int = Field(
         default=10, ge=1, le=100, description="Largest activations kept per latent (contexts)."
     )
+    statement_timeout: float = Field(
+        default=5,
+        gt=0,
+        le=3600,
+        description="Seconds a query of the API, an export or the reader role may run.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Logging level of the CLI and workers."
     )

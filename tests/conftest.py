@@ -180,3 +180,38 @@ def pipeline(migrated_url: str, engine: Engine, tmp_path: Path) -> Iterator[Pipe
         database_url=migrated_url, home=home, device="cpu", lease_seconds=30, poll_seconds=1
     )
     yield Pipeline(engine, config, migrated_url)
+
+
+@dataclass
+class Planted:
+    """A planted family P (widths 16, 48, 144; the middle one inserted last) in its own
+    database, scored and refreshed; read-only for the tests that share it."""
+
+    url: str
+    engine: Engine
+    config: settings.Settings
+    names: dict[int, str]
+
+
+@pytest.fixture(scope="session")
+def planted_family(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Planted]:
+    from service.db import queries
+    from service.sources import planted
+
+    name = "t_planted_" + uuid.uuid4().hex[:8]
+    url = _create_database(pg_url, name)
+    eng = db_engine.create(url)
+    migrate.upgrade(eng)
+    home = tmp_path_factory.mktemp("planted-home")
+    config = settings.Settings(database_url=url, home=home, device="cpu")
+    fam = planted.generate(planted.PlantedSpec(widths=(16, 48, 144), n_tokens=8000, seed=3))
+    with eng.begin() as conn:
+        queries.create_family(conn, "P")
+    names = {}
+    for level in (0, 2, 1):
+        path = fam.write(home / "files", level)
+        names[level] = ingest.ingest_activations(eng, config, "P", path).name
+        worker.Worker(eng, config).drain()
+    yield Planted(url, eng, config, names)
+    eng.dispose()
+    _drop_database(pg_url, name)

@@ -32,12 +32,31 @@ def sqlalchemy_url(libpq_url: str) -> str:
     return "postgresql+psycopg://" + libpq_url.split("://", 1)[1]
 
 
-def create(libpq_url: str, connect_timeout: int = 5) -> Engine:
-    """An engine for `libpq_url`, checked by connecting once (DatabaseUnreachable if not)."""
+def create(
+    libpq_url: str,
+    connect_timeout: int = 5,
+    *,
+    read_only_timeout: float | None = None,
+    pool_size: int = 5,
+) -> Engine:
+    """An engine for `libpq_url`, checked by connecting once (DatabaseUnreachable if not).
+    With `read_only_timeout` (seconds), every transaction is read-only and every statement is
+    cancelled after that long: the dashboards' engine."""
+    connect_args: dict[str, object] = {
+        "connect_timeout": connect_timeout,
+        "application_name": "latent-trees",
+    }
+    if read_only_timeout is not None:
+        connect_args["options"] = (
+            "-c default_transaction_read_only=on"
+            f" -c statement_timeout={max(1, round(read_only_timeout * 1000))}"
+        )
     engine = sa.create_engine(
         sqlalchemy_url(libpq_url),
         pool_pre_ping=True,
-        connect_args={"connect_timeout": connect_timeout, "application_name": "latent-trees"},
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args=connect_args,
     )
     try:
         with engine.connect() as conn:

@@ -11,6 +11,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from service import errors
+
 # Serialises concurrent `db upgrade`s from several processes (any 64-bit constant works).
 _LOCK_KEY = 0x6C617465_6E747472
 
@@ -63,3 +65,14 @@ def current(engine: Engine) -> str | None:
 def head() -> str | None:
     """The newest revision in `migrations/versions`."""
     return ScriptDirectory.from_config(config()).get_current_head()
+
+
+def require_head(engine: Engine) -> Engine:
+    """`engine`, if its database is migrated to the newest revision; else a ServiceError."""
+    have, want = current(engine), head()
+    if have != want:
+        raise errors.ServiceError(
+            f"the database schema is at revision {have or 'none'}, expected {want}:"
+            " run `latent-trees db upgrade`"
+        )
+    return engine

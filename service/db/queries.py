@@ -122,10 +122,14 @@ def latent(conn: Connection, label: str) -> sa.Row[Any]:
 
 
 def rooted_tree(
-    conn: Connection, root: str, threshold: float, min_active_tokens: int
+    conn: Connection,
+    root: str,
+    threshold: float,
+    min_active_tokens: int,
+    n_contexts: int | None = None,
 ) -> list[dict[str, Any]]:
     """Flat rows of `latent_tree(root, threshold)` with each node's max_act, frequency and top
-    activations in context."""
+    `n_contexts` activations in context (all when None)."""
     latent(conn, root)
     rows = conn.execute(
         sa.text(
@@ -137,23 +141,28 @@ def rooted_tree(
         {"root": root, "threshold": threshold, "min_active": min_active_tokens},
     ).mappings()
     nodes = [dict(row) for row in rows]
-    found = contexts(conn, [node["node"] for node in nodes])
+    found = (
+        contexts(conn, [node["node"] for node in nodes], n_contexts=n_contexts)
+        if n_contexts != 0
+        else {}
+    )
     for node in nodes:
-        node["contexts"] = found[node["node"]]
+        node["contexts"] = found.get(node["node"], [])
     return nodes
 
 
 def contexts(
-    conn: Connection, labels: list[str], width: int = 8
+    conn: Connection, labels: list[str], width: int = 8, n_contexts: int | None = None
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each latent's top activations in context (`latent_contexts()`), by label."""
+    """Each latent's top `n_contexts` activations (all when None) in context, by label."""
     rows = conn.execute(
         sa.text(
             "SELECT l.label, c.rank, c.position, c.value, c.context_before, c.token,"
             " c.context_after FROM unnest(CAST(:labels AS text[])) AS l(label),"
-            " LATERAL latent_contexts(l.label, :width) c ORDER BY l.label, c.rank"
+            " LATERAL latent_contexts(l.label, :width) c"
+            " WHERE c.rank <= :n ORDER BY l.label, c.rank"
         ),
-        {"labels": labels, "width": width},
+        {"labels": labels, "width": width, "n": 100 if n_contexts is None else n_contexts},
     ).mappings()
     found: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
     for row in rows:

@@ -1,0 +1,172 @@
+"""The shapes of the API's JSON, for the OpenAPI document.
+
+Handlers return plain dicts serialised once (validating every response would cost more than the
+query); the property tests check each response against these models through the OpenAPI.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """Every error: a 4xx or 5xx status with this body."""
+
+    ok: Literal[False]
+    error: str = Field(description="one line: what was wrong and what was expected")
+
+
+class Sae(BaseModel):
+    label: str = Field(description="the sae's name, e.g. S/2")
+    d_sae: int
+    level: int = Field(description="rank by d_sae within the family, 1 = smallest")
+    state: str
+    n_latents: int
+    neuronpedia_id: str | None = Field(description="for linking out, when stored")
+
+
+class Family(BaseModel):
+    name: str
+    n_tokens: int | None
+    saes: list[Sae]
+
+
+class Families(BaseModel):
+    ok: Literal[True]
+    families: list[Family]
+
+
+class Context(BaseModel):
+    """One of a latent's largest activations, with the tokens around it when known."""
+
+    rank: int
+    position: int
+    value: float
+    context_before: str | None
+    token: str | None
+    context_after: str | None
+
+
+class ScoredLatent(BaseModel):
+    """A parent or child of a latent card, with every score part of their edge."""
+
+    label: str
+    masked_cos: float
+    masked_cos_parent: float
+    mcs: float
+    max_ratio: float
+    score: float
+    n_coactive: int
+    adjacent: bool = Field(description="the two saes are neighbours by level")
+    qualifies: bool = Field(description="score > threshold, both latents active enough")
+
+
+class ForestPlace(BaseModel):
+    root: str
+    depth: int
+    parent: str | None
+    score: float | None
+
+
+class LatentCard(BaseModel):
+    ok: Literal[True]
+    label: str
+    family: str
+    sae: str
+    level: int
+    d_sae: int
+    idx: int
+    max_act: float
+    n_active: int
+    frequency: float
+    neuronpedia_id: str | None
+    threshold: float
+    forest: ForestPlace | None = Field(description="place in the forest at threshold 0.6")
+    contexts: list[Context]
+    parents: list[ScoredLatent]
+    children: list[ScoredLatent]
+
+
+class FlatNode(BaseModel):
+    node: str
+    parent: str | None
+    depth: int
+    score: float | None
+    other_parents: list[str]
+    max_act: float
+    frequency: float
+    contexts: list[Context]
+
+
+class NestedNode(FlatNode):
+    children: list[NestedNode]
+
+
+class Tree(BaseModel):
+    ok: Literal[True]
+    threshold: float
+    min_active_tokens: int
+    shape: Literal["nested", "flat"]
+    root: NestedNode | None = Field(description="with shape=nested")
+    nodes: list[FlatNode] | None = Field(description="with shape=flat")
+
+
+class DagNode(BaseModel):
+    id: str
+    depth: int
+    sae: str
+    level: int
+    max_act: float
+    frequency: float
+
+
+class DagLink(BaseModel):
+    source: str
+    target: str
+    weight: float = Field(description="the edge's score")
+    best: bool = Field(description="the link the target hangs under in the rooted tree")
+
+
+class Dag(BaseModel):
+    ok: Literal[True]
+    threshold: float
+    nodes: list[DagNode]
+    links: list[DagLink]
+
+
+class EdgeRow(BaseModel):
+    parent: str
+    child: str
+    parent_sae: str
+    child_sae: str
+    parent_level: int
+    child_level: int
+    masked_cos: float
+    masked_cos_parent: float
+    mcs: float
+    max_ratio: float
+    score: float
+    n_coactive: int
+    adjacent: bool
+
+
+class EdgePage(BaseModel):
+    ok: Literal[True]
+    rows: list[EdgeRow]
+    next: str | None = Field(description="pass as `after` for the next page; null on the last")
+
+
+class Match(BaseModel):
+    label: str
+    sae: str
+    max_act: float
+    frequency: float
+    root: str | None
+    depth: int | None
+
+
+class Matches(BaseModel):
+    ok: Literal[True]
+    rows: list[Match]

@@ -1,0 +1,281 @@
+"""Reads for dashboards (the JSON API and the exports): latent cards, edge pages, DAGs, search.
+
+Every function takes a Connection, never commits, and returns plain JSON-able values. Labels
+and names are checked here, before any SQL runs, so a malformed one is a BadInput, an unknown
+one a NotFound.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from service import errors
+from service.db import queries, tables
+
+_PART = tables.NAME_PATTERN.strip("^$")
+LABEL = re.compile(rf"^{_PART}/{_PART}/[0-9]{{1,9}}$")
+SAE_NAME = re.compile(rf"^{_PART}/{_PART}$")
+AFTER = re.compile(r"^([0-9]{1,10})-([0-9]{1,10})$")
+
+# Every score part of an edge, from `edge e` joined to its latents `p`, `c` and the parent's
+# sae level `ps` (the columns of the latent_edges view).
+EDGE_PARTS = """
+    e.masked_cos, e.masked_cos_parent, GREATEST(e.masked_cos, e.masked_cos_parent) AS mcs,
+    e.max_ratio, e.score, e.n_coactive, COALESCE(ps.next_id = c.sae_id, false) AS adjacent
+"""
+QUALIFIES = """
+    (COALESCE(ps.next_id = c.sae_id, false) AND e.score > :threshold
+     AND p.n_active >= :min_active AND c.n_active >= :min_active) AS qualifies
+"""
+
+
+def check_label(label: str) -> str:
+    """`label` if it has the form FAMILY/SAE/INDEX, else a BadInput error."""
+    if not LABEL.match(label):
+        raise errors.BadInput(f"label {label!r}: expected FAMILY/SAE/INDEX, e.g. S/2/65")
+    return label
+
+
+def check_sae_name(name: str) -> str:
+    """`name` if it has the form FAMILY/SAE, else a BadInput error."""
+    if not SAE_NAME.match(name):
+        raise errors.BadInput(f"sae {name!r}: expected FAMILY/SAE, e.g. S/2")
+    return name
+
+
+def families(conn: Connection) -> list[dict[str, Any]]:
+    """Families with their saes by level (label, d_sae, level, state, latents, Neuronpedia id)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT f.name AS family, f.n_tokens, s.name AS label, s.d_sae, s.level, t.state,"
+            " t.source ->> 'neuronpedia_id' AS neuronpedia_id,"
+            " (SELECT count(*) FROM latent l WHERE l.sae_id = s.id) AS n_latents"
+            " FROM family f LEFT JOIN sae_level s ON s.family_id = f.id"
+            " LEFT JOIN sae t ON t.id = s.id ORDER BY f.name, s.level"
+        )
+    ).mappings()
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        family = found.setdefault(
+            row["family"], {"name": row["family"], "n_tokens": row["n_tokens"], "saes": []}
+        )
+        if row["label"] is not None:
+            family["saes"].append(
+                {k: row[k] for k in ("label", "d_sae", "level", "state", "n_latents")}
+                | {"neuronpedia_id": row["neuronpedia_id"]}
+            )
+    return list(found.values())
+
+
+def latent_card(
+    conn: Connection, label: str, threshold: float, min_active_tokens: int, limit: int = 100
+) -> dict[str, Any]:
+    """A latent's statistics, top activations in context, its place in the forest, and its
+    stored parents and children (best first, up to `limit` each) with every score part."""
+    check_label(label)
+    row = (
+        conn.execute(
+            sa.text(
+                "SELECT l.id, l.label, f.name AS family, s.name AS sae, s.level, s.d_sae, l.idx,"
+                " l.max_act, l.n_active, l.frequency,"
+                " t.source ->> 'neuronpedia_id' AS neuronpedia_id"
+                " FROM latent l JOIN sae_level s ON s.id = l.sae_id JOIN sae t ON t.id = s.id"
+                " JOIN family f ON f.id = s.family_id WHERE l.label = :label"
+            ),
+            {"label": label},
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise errors.UnknownLabel(f"unknown label {label!r}")
+    card = {k: v for k, v in row.items() if k != "id"}
+    forest = (
+        conn.execute(
+            sa.text(
+                "SELECT n.root, n.depth, e.parent, e.score FROM tree_nodes n"
+                " LEFT JOIN tree_edges e ON e.child = n.node WHERE n.node = :label"
+            ),
+            {"label": label},
+        )
+        .mappings()
+        .first()
+    )
+    card["forest"] = dict(forest) if forest is not None else None
+    card["contexts"] = queries.contexts(conn, [label])[label]
+    params = {"id": row["id"], "threshold": threshold, "min_active": min_active_tokens}
+    for side, mine, theirs, order in (
+        ("parents", "child", "p", "p.idx"),
+        ("children", "parent", "c", "c.idx"),
+    ):
+        card[side] = [
+            dict(r)
+            for r in conn.execute(
+                sa.text(
+                    f"SELECT {theirs}.label, {EDGE_PARTS}, {QUALIFIES}"
+                    " FROM edge e JOIN latent p ON p.id = e.parent_id"
+                    " JOIN latent c ON c.id = e.child_id JOIN sae_level ps ON ps.id = p.sae_id"
+                    f" WHERE e.{mine}_id = :id ORDER BY e.score DESC, {order} LIMIT :limit"
+                ),
+                params | {"limit": limit},
+            ).mappings()
+        ]
+    return card
+
+
+@dataclass(frozen=True)
+class EdgeFilter:
+    """Which edges a page or an export holds; the names are sae names (FAMILY/SAE)."""
+
+    family: str | None = None
+    parent_sae: str | None = None
+    child_sae: str | None = None
+    min_score: float | None = None
+
+    def where(self, conn: Connection) -> tuple[list[str], dict[str, Any]]:
+        """SQL conditions on `e`, `p`, `c` and their bound values; NotFound for unknown names."""
+        conditions: list[str] = []
+        params: dict[str, Any] = {}
+        if self.family is not None:
+            queries.check_name("family", self.family)
+            params["family_id"] = queries.family_id(conn, self.family)
+            conditions.append("p.sae_id IN (SELECT id FROM sae WHERE family_id = :family_id)")
+        for side, name in (("parent", self.parent_sae), ("child", self.child_sae)):
+            if name is not None:
+                params[f"{side}_sae"] = _sae_id(conn, name)
+                conditions.append(f"{side[0]}.sae_id = :{side}_sae")
+        if self.min_score is not None:
+            conditions.append("e.score >= :min_score")
+            params["min_score"] = self.min_score
+        return conditions, params
+
+
+def _sae_id(conn: Connection, name: str) -> int:
+    check_sae_name(name)
+    found = conn.execute(
+        sa.select(tables.Sae.id).where(tables.Sae.name == name)
+    ).scalar_one_or_none()
+    if found is None:
+        raise errors.NotFound(f"unknown sae {name!r}")
+    return int(found)
+
+
+def parse_after(token: str) -> tuple[int, int]:
+    """The (parent id, child id) a page token stands for; BadInput if it is not one."""
+    match = AFTER.match(token)
+    if match is None:
+        raise errors.BadInput(f"after {token!r}: expected the `next` token of an earlier page")
+    return int(match[1]), int(match[2])
+
+
+def edges_query(where: list[str]) -> str:
+    """Edges with labels, sae names and every score part, in (parent id, child id) order."""
+    conditions = " AND ".join(where) if where else "true"
+    return (
+        "SELECT e.parent_id, e.child_id, p.label AS parent, c.label AS child,"
+        " ps.name AS parent_sae, cs.name AS child_sae, ps.level AS parent_level,"
+        f" cs.level AS child_level, {EDGE_PARTS}"
+        " FROM edge e JOIN latent p ON p.id = e.parent_id JOIN latent c ON c.id = e.child_id"
+        " JOIN sae_level ps ON ps.id = p.sae_id JOIN sae_level cs ON cs.id = c.sae_id"
+        f" WHERE {conditions} ORDER BY e.parent_id, e.child_id"
+    )
+
+
+def edges_page(
+    conn: Connection, which: EdgeFilter, limit: int, after: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of edges and the token of the next page (None on the last): keyset pagination
+    over the edge primary key, so every page costs the same however deep."""
+    where, params = which.where(conn)
+    if after is not None:
+        params["after_parent"], params["after_child"] = parse_after(after)
+        where.append("(e.parent_id, e.child_id) > (:after_parent, :after_child)")
+    rows = conn.execute(
+        sa.text(edges_query(where) + " LIMIT :limit"), params | {"limit": limit + 1}
+    ).mappings()
+    page = [dict(row) for row in rows]
+    next_token = None
+    if len(page) > limit:
+        page = page[:limit]
+        next_token = f"{page[-1]['parent_id']}-{page[-1]['child_id']}"
+    for row in page:
+        del row["parent_id"], row["child_id"]
+    return page, next_token
+
+
+def stream_edges(conn: Connection, which: EdgeFilter, batch: int = 50_000) -> Iterator[sa.Row[Any]]:
+    """Every edge that `which` selects, read through a server-side cursor (exports)."""
+    where, params = which.where(conn)
+    result = conn.execution_options(stream_results=True, yield_per=batch).execute(
+        sa.text(edges_query(where)), params
+    )
+    yield from result
+
+
+def dag(conn: Connection, root: str, threshold: float, min_active_tokens: int) -> dict[str, Any]:
+    """The rooted DAG of `root`: reached nodes and every qualifying link between them,
+    `best` marking the link each node is drawn under in the rooted tree."""
+    check_label(root)
+    queries.latent(conn, root)
+    params = {"root": root, "threshold": threshold, "min_active": min_active_tokens}
+    tree = (
+        "latent_tree(CAST(:root AS text), CAST(:threshold AS real), CAST(:min_active AS integer))"
+    )
+    nodes = [
+        dict(row)
+        for row in conn.execute(
+            sa.text(
+                "SELECT t.node AS id, t.depth, s.name AS sae, s.level, l.max_act, l.frequency"
+                f" FROM {tree} t JOIN latent l ON l.label = t.node"
+                " JOIN sae_level s ON s.id = l.sae_id ORDER BY t.depth, t.node"
+            ),
+            params,
+        ).mappings()
+    ]
+    links = [
+        dict(row)
+        for row in conn.execute(
+            sa.text(
+                "SELECT p.label AS source, t.node AS target, e.score AS weight,"
+                " p.label = t.parent AS best"
+                f" FROM {tree} t JOIN latent c ON c.label = t.node"
+                " JOIN edge e ON e.child_id = c.id JOIN latent p ON p.id = e.parent_id"
+                " WHERE p.label = t.parent OR p.label = ANY(t.other_parents)"
+                " ORDER BY t.depth, t.node, e.score DESC"
+            ),
+            params,
+        ).mappings()
+    ]
+    return {"nodes": nodes, "links": links}
+
+
+def search(conn: Connection, prefix: str, family: str | None, limit: int) -> list[dict[str, Any]]:
+    """Latents whose label starts with `prefix` (in label order), with their forest root."""
+    if "\x00" in prefix:
+        raise errors.BadInput("q: expected text without NUL characters")
+    params: dict[str, Any] = {"pattern": _like_escape(prefix) + "%", "limit": limit}
+    condition = ""
+    if family is not None:
+        queries.check_name("family", family)
+        params["family_id"] = queries.family_id(conn, family)
+        condition = " AND s.family_id = :family_id"
+    rows = conn.execute(
+        sa.text(
+            "SELECT l.label, s.name AS sae, l.max_act, l.frequency, n.root, n.depth"
+            " FROM latent l JOIN sae s ON s.id = l.sae_id"
+            " LEFT JOIN tree_nodes n ON n.node = l.label"
+            f" WHERE l.label LIKE :pattern{condition} ORDER BY s.d_sae, l.idx LIMIT :limit"
+        ),
+        params,
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
