@@ -79,6 +79,30 @@ def db_stop() -> None:
     out.print("embedded server stopped" if stopped else "embedded server was not running")
 
 
+@db_app.command("reader")
+def db_reader(
+    role: Annotated[str, typer.Argument(help="Role name, e.g. dashboards.")],
+    password: Annotated[
+        str | None, typer.Option("--password", help="Its password (else none is set).")
+    ] = None,
+) -> None:
+    """Create or update a read-only login role for dashboards, whose statements time out after
+    LATENT_TREES_STATEMENT_TIMEOUT seconds."""
+    from service.db import roles
+
+    config = settings.get()
+    engine = _engine()
+    with engine.begin() as conn:
+        created = roles.grant_reader(conn, role, password, config.statement_timeout)
+    scheme, rest = db_engine.url(config).split("://", 1)
+    url = f"{scheme}://{role}@{rest.split('@', 1)[-1]}"
+    out.print(
+        f"role {role} {'created' if created else 'updated'}: read-only, statement timeout"
+        f" {config.statement_timeout:g} s; connect with {url}",
+        markup=False,
+    )
+
+
 class DeviceChoice(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -297,6 +321,63 @@ def tree_cmd(
         typer.echo(json.dumps(root, indent=2))
     else:
         typer.echo(trees.render(root, n_contexts))
+
+
+class ExportKind(StrEnum):
+    edges = "edges"
+    latents = "latents"
+    trees = "trees"
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    csv = "csv"
+    parquet = "parquet"
+
+
+@app.command("export")
+def export_cmd(
+    kind: Annotated[ExportKind, typer.Argument(help="edges, latents or trees (the forest).")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="File (.jsonl, .csv, .parquet) or - (stdout).")
+    ],
+    fmt: Annotated[
+        ExportFormat | None, typer.Option("--format", help="Default: from the file's suffix.")
+    ] = None,
+    family: Annotated[str | None, typer.Option("--family", help="Only this family.")] = None,
+    parent_sae: Annotated[
+        str | None, typer.Option("--parent-sae", help="Edges: parents in this sae.")
+    ] = None,
+    child_sae: Annotated[
+        str | None, typer.Option("--child-sae", help="Edges: children in this sae.")
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", min=0, help="Edges: score >= this.")
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", min=0, help="Edges: for `qualifies`; default the setting."),
+    ] = None,
+) -> None:
+    """Export edges, latents or the forest, streaming, with the parameters recorded in the file."""
+    from service import exports
+
+    config = settings.get()
+    request = exports.Request(
+        kind=kind.value,
+        output=output,
+        format=fmt.value if fmt is not None else None,
+        family=family,
+        parent_sae=parent_sae,
+        child_sae=child_sae,
+        min_score=min_score,
+        threshold=config.threshold if threshold is None else threshold,
+        min_active_tokens=config.min_active_tokens,
+    )
+    exports.format_of(request)  # a bad output is refused before the database is touched
+    written = exports.export(_engine(), request)
+    if output != "-":
+        out.print(f"{written.n_rows:,} {kind.value} written to {output} ({written.format})")
 
 
 @app.command("serve")

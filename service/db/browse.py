@@ -174,13 +174,14 @@ def parse_after(token: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def edges_query(where: list[str]) -> str:
-    """Edges with labels, sae names and every score part, in (parent id, child id) order."""
+def edges_query(where: list[str], *, qualifies: bool = False) -> str:
+    """Edges with labels, sae names and every score part, in (parent id, child id) order;
+    with `qualifies`, also whether each qualifies (binds :threshold and :min_active)."""
     conditions = " AND ".join(where) if where else "true"
     return (
         "SELECT e.parent_id, e.child_id, p.label AS parent, c.label AS child,"
         " ps.name AS parent_sae, cs.name AS child_sae, ps.level AS parent_level,"
-        f" cs.level AS child_level, {EDGE_PARTS}"
+        f" cs.level AS child_level, {EDGE_PARTS}{', ' + QUALIFIES if qualifies else ''}"
         " FROM edge e JOIN latent p ON p.id = e.parent_id JOIN latent c ON c.id = e.child_id"
         " JOIN sae_level ps ON ps.id = p.sae_id JOIN sae_level cs ON cs.id = c.sae_id"
         f" WHERE {conditions} ORDER BY e.parent_id, e.child_id"
@@ -207,15 +208,6 @@ def edges_page(
     for row in page:
         del row["parent_id"], row["child_id"]
     return page, next_token
-
-
-def stream_edges(conn: Connection, which: EdgeFilter, batch: int = 50_000) -> Iterator[sa.Row[Any]]:
-    """Every edge that `which` selects, read through a server-side cursor (exports)."""
-    where, params = which.where(conn)
-    result = conn.execution_options(stream_results=True, yield_per=batch).execute(
-        sa.text(edges_query(where)), params
-    )
-    yield from result
 
 
 def dag(conn: Connection, root: str, threshold: float, min_active_tokens: int) -> dict[str, Any]:
@@ -259,7 +251,7 @@ def search(conn: Connection, prefix: str, family: str | None, limit: int) -> lis
     """Latents whose label starts with `prefix` (in label order), with their forest root."""
     if "\x00" in prefix:
         raise errors.BadInput("q: expected text without NUL characters")
-    params: dict[str, Any] = {"pattern": _like_escape(prefix) + "%", "limit": limit}
+    params: dict[str, Any] = {"pattern": like_escape(prefix) + "%", "limit": limit}
     condition = ""
     if family is not None:
         queries.check_name("family", family)
@@ -277,5 +269,52 @@ def search(conn: Connection, prefix: str, family: str | None, limit: int) -> lis
     return [dict(row) for row in rows]
 
 
-def _like_escape(text: str) -> str:
+def like_escape(text: str) -> str:
+    """`text` with the LIKE wildcards escaped."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def stream(
+    conn: Connection, query: str, params: dict[str, Any], batch: int = 50_000
+) -> Iterator[dict[str, Any]]:
+    """The rows of `query` as dicts, read through a server-side cursor (exports)."""
+    result = conn.execution_options(stream_results=True, yield_per=batch).execute(
+        sa.text(query), params
+    )
+    for row in result.mappings():
+        yield dict(row)
+
+
+def latents_query(family: str | None) -> str:
+    """Every latent (of one family) with its statistics and place in the forest."""
+    condition = "WHERE f.name = :family" if family is not None else ""
+    return (
+        "SELECT l.label, f.name AS family, s.name AS sae, s.level, s.d_sae, l.idx, l.max_act,"
+        " l.n_active, l.frequency, n.root, n.depth, e.parent, e.score AS parent_score"
+        " FROM latent l JOIN sae_level s ON s.id = l.sae_id JOIN family f ON f.id = s.family_id"
+        " LEFT JOIN tree_nodes n ON n.node = l.label LEFT JOIN tree_edges e ON e.child = l.label"
+        f" {condition} ORDER BY f.name, s.level, l.idx"
+    )
+
+
+def forest_query(family: str | None) -> str:
+    """The forest (tree_nodes with each node's best parent), root by root, depth first."""
+    condition = "WHERE n.root LIKE :family_prefix" if family is not None else ""
+    return (
+        "SELECT n.root, n.node, e.parent, n.depth, e.score, n.path"
+        " FROM tree_nodes n LEFT JOIN tree_edges e ON e.child = n.node"
+        f" {condition} ORDER BY n.root, n.path"
+    )
+
+
+def store_floors(conn: Connection, family: str | None) -> list[float]:
+    """The store floors the jobs (of one family) ran with."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT CAST(j.params ->> 'store_floor' AS float8) FROM job j"
+            " JOIN sae s ON s.id = j.parent_sae_id JOIN family f ON f.id = s.family_id"
+            " WHERE j.state = 'done' AND (CAST(:family AS text) IS NULL OR f.name = :family)"
+        ),
+        {"family": family},
+    ).scalars()
+    return sorted(float(x) for x in rows if x is not None)

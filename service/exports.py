@@ -1,0 +1,248 @@
+"""`latent-trees export`: edges, latents or the forest to JSON lines, CSV or Parquet.
+
+Rows stream from a server-side cursor into the file in batches, so no table is ever held in
+memory. Every file records how it was made (the `Meta` below): as the first JSON line
+(`{"latent_trees_export": {...}}`), as `# key: value` comment lines before the CSV header
+(pandas: `comment="#"`), or as the Parquet schema's `latent_trees_export` metadata.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy.engine import Engine
+
+import service
+from service import errors
+from service.db import browse, queries
+
+Kind = Literal["edges", "latents", "trees"]
+Format = Literal["jsonl", "csv", "parquet"]
+FORMATS: dict[str, Format] = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+BATCH = 50_000
+
+# Columns and their Arrow types, per kind (the order of the output).
+COLUMNS: dict[Kind, list[tuple[str, pa.DataType]]] = {
+    "edges": [
+        ("parent", pa.string()),
+        ("child", pa.string()),
+        ("parent_sae", pa.string()),
+        ("child_sae", pa.string()),
+        ("parent_level", pa.int32()),
+        ("child_level", pa.int32()),
+        ("masked_cos", pa.float32()),
+        ("masked_cos_parent", pa.float32()),
+        ("mcs", pa.float32()),
+        ("max_ratio", pa.float32()),
+        ("score", pa.float32()),
+        ("n_coactive", pa.int32()),
+        ("adjacent", pa.bool_()),
+        ("qualifies", pa.bool_()),
+    ],
+    "latents": [
+        ("label", pa.string()),
+        ("family", pa.string()),
+        ("sae", pa.string()),
+        ("level", pa.int32()),
+        ("d_sae", pa.int32()),
+        ("idx", pa.int32()),
+        ("max_act", pa.float32()),
+        ("n_active", pa.int64()),
+        ("frequency", pa.float32()),
+        ("root", pa.string()),
+        ("depth", pa.int32()),
+        ("parent", pa.string()),
+        ("parent_score", pa.float32()),
+    ],
+    "trees": [
+        ("root", pa.string()),
+        ("node", pa.string()),
+        ("parent", pa.string()),
+        ("depth", pa.int32()),
+        ("score", pa.float32()),
+        ("path", pa.list_(pa.string())),
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to export and how; the filters apply to edges (family to every kind)."""
+
+    kind: Kind
+    output: str  # a path, or "-" for standard output (jsonl and csv)
+    format: Format | None = None
+    family: str | None = None
+    parent_sae: str | None = None
+    child_sae: str | None = None
+    min_score: float | None = None
+    threshold: float = 0.6
+    min_active_tokens: int = 10
+
+
+@dataclass(frozen=True)
+class Written:
+    path: str
+    format: Format
+    n_rows: int
+
+
+def format_of(request: Request) -> Format:
+    """The requested format, else the one the output's suffix names."""
+    if request.format is not None:
+        fmt = request.format
+    elif request.output == "-":
+        fmt = "jsonl"
+    else:
+        suffix = Path(request.output).suffix.lower()
+        if suffix not in FORMATS:
+            raise errors.BadInput(
+                f"{request.output}: expected a suffix .jsonl, .csv or .parquet, or --format"
+            )
+        fmt = FORMATS[suffix]
+    if fmt == "parquet" and request.output == "-":
+        raise errors.BadInput("--output -: Parquet needs a file, not standard output")
+    return fmt
+
+
+def export(engine: Engine, request: Request) -> Written:
+    """Write the rows `request` selects; the file appears whole (written beside, then renamed)."""
+    fmt = format_of(request)
+    with engine.connect() as conn:
+        if request.family is not None:
+            queries.check_name("family", request.family)
+            queries.family_id(conn, request.family)
+        meta = {
+            "kind": request.kind,
+            "version": service.__version__,
+            "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "family": request.family,
+            "store_floor": browse.store_floors(conn, request.family),
+            **_parameters(request),
+        }
+        query, params = _query(conn, request)
+        rows = browse.stream(conn, query, params, BATCH)
+        with _target(request.output, binary=fmt == "parquet") as out:
+            n_rows = WRITERS[fmt](out, request.kind, meta, rows)
+    return Written(request.output, fmt, n_rows)
+
+
+def _parameters(request: Request) -> dict[str, Any]:
+    if request.kind == "edges":
+        return {
+            "threshold": request.threshold,
+            "min_active_tokens": request.min_active_tokens,
+            "filters": {
+                "parent_sae": request.parent_sae,
+                "child_sae": request.child_sae,
+                "min_score": request.min_score,
+            },
+            "qualifies": "adjacent and score > threshold and both latents active on at least"
+            " min_active_tokens tokens",
+        }
+    # The forest is materialized at the spec's defaults.
+    return {"forest_threshold": 0.6, "forest_min_active_tokens": 10}
+
+
+def _query(conn: Any, request: Request) -> tuple[str, dict[str, Any]]:
+    if request.kind == "edges":
+        which = browse.EdgeFilter(
+            request.family, request.parent_sae, request.child_sae, request.min_score
+        )
+        where, params = which.where(conn)
+        params |= {"threshold": request.threshold, "min_active": request.min_active_tokens}
+        return browse.edges_query(where, qualifies=True), params
+    params = {"family": request.family}
+    if request.kind == "latents":
+        return browse.latents_query(request.family), params
+    if request.family is not None:
+        params["family_prefix"] = browse.like_escape(request.family) + "/%"
+    return browse.forest_query(request.family), params
+
+
+@contextmanager
+def _target(output: str, *, binary: bool) -> Iterator[IO[Any]]:
+    """Standard output, or a temporary file beside `output` renamed over it on success."""
+    if output == "-":
+        yield sys.stdout
+        return
+    path = Path(output)
+    if not path.parent.is_dir():
+        raise errors.BadInput(f"{output}: the folder {path.parent} does not exist")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("wb" if binary else "w", newline="" if not binary else None) as f:
+            yield f
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _write_jsonl(
+    out: IO[str], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
+) -> int:
+    names = [name for name, _ in COLUMNS[kind]]
+    out.write(json.dumps({"latent_trees_export": meta}) + "\n")
+    n = 0
+    for row in rows:
+        out.write(json.dumps({k: _json_value(row[k]) for k in names}, allow_nan=False) + "\n")
+        n += 1
+    return n
+
+
+def _write_csv(
+    out: IO[str], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
+) -> int:
+    names = [name for name, _ in COLUMNS[kind]]
+    for key, value in meta.items():
+        out.write(f"# {key}: {json.dumps(value)}\n")
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(names)
+    n = 0
+    for row in rows:
+        writer.writerow(
+            " > ".join(row[k]) if k == "path" else ("" if row[k] is None else row[k]) for k in names
+        )
+        n += 1
+    return n
+
+
+def _write_parquet(
+    out: IO[bytes], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
+) -> int:
+    schema = pa.schema(COLUMNS[kind], metadata={"latent_trees_export": json.dumps(meta)})
+    n = 0
+    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) == BATCH:
+                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+                n += len(batch)
+                batch = []
+        if batch or n == 0:
+            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+            n += len(batch)
+    return n
+
+
+WRITERS = {"jsonl": _write_jsonl, "csv": _write_csv, "parquet": _write_parquet}

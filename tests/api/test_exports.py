@@ -1,0 +1,117 @@
+"""Exports read back equal to the database, in every format, with their parameters recorded."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from service import errors, exports
+from tests.conftest import Planted, cli_env, run_cli
+
+
+def read_back(path: Path, fmt: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(meta, rows) of an export file, whatever its format."""
+    if fmt == "jsonl":
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        return lines[0]["latent_trees_export"], lines[1:]
+    if fmt == "csv":
+        text = path.read_text()
+        comments = [line[2:] for line in text.splitlines() if line.startswith("# ")]
+        meta = {k: json.loads(v) for k, v in (c.split(": ", 1) for c in comments)}
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("# "))
+        return meta, list(csv.DictReader(io.StringIO(body)))
+    table = pq.read_table(path)
+    return json.loads(table.schema.metadata[b"latent_trees_export"]), table.to_pylist()
+
+
+def sql(planted: Planted, query: str) -> list[Any]:
+    with planted.engine.connect() as conn:
+        return list(conn.execute(sa.text(query)).all())
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_edges_export_equals_latent_edges(
+    planted_family: Planted, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exports, "BATCH", 100)  # many batches, many Parquet row groups
+    path = tmp_path / f"edges.{fmt}"
+    written = exports.export(
+        planted_family.engine, exports.Request("edges", str(path), family="P", threshold=0.7)
+    )
+    meta, rows = read_back(path, fmt)
+    want = sql(
+        planted_family,
+        "SELECT e.parent, e.child, e.score, e.adjacent AND e.score > 0.7 AND p.n_active >= 10"
+        " AND c.n_active >= 10 FROM latent_edges e JOIN latent p ON p.label = e.parent"
+        " JOIN latent c ON c.label = e.child",
+    )
+    assert written.n_rows == len(rows) == len(want) > 300
+    by_pair = {(r["parent"], r["child"]): r for r in rows}
+    for parent, child, score, qualifies in want:
+        row = by_pair[(parent, child)]
+        assert float(row["score"]) == pytest.approx(score, rel=1e-6)
+        assert str(row["qualifies"]) in (str(qualifies), str(qualifies).lower())
+    assert meta["kind"] == "edges" and meta["threshold"] == 0.7 and meta["min_active_tokens"] == 10
+    assert meta["store_floor"] == [0.2] and meta["family"] == "P"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+def test_latents_and_forest_exports(planted_family: Planted, tmp_path: Path, fmt: str) -> None:
+    latents = tmp_path / f"latents.{fmt}"
+    exports.export(planted_family.engine, exports.Request("latents", str(latents)))
+    _meta, rows = read_back(latents, fmt)
+    assert sorted(r["label"] for r in rows) == sorted(
+        r[0] for r in sql(planted_family, "SELECT label FROM latent")
+    )
+    forest = tmp_path / f"trees.{fmt}"
+    exports.export(planted_family.engine, exports.Request("trees", str(forest), family="P"))
+    meta, rows = read_back(forest, fmt)
+    want = {tuple(r) for r in sql(planted_family, "SELECT root, node, depth FROM tree_nodes")}
+    assert {(r["root"], r["node"], int(r["depth"])) for r in rows} == want
+    assert meta["forest_threshold"] == 0.6
+    with_parent = [r for r in rows if r["parent"] not in (None, "")]
+    assert len(with_parent) == sql(planted_family, "SELECT count(*) FROM tree_edges")[0][0]
+
+
+def test_edge_filters_apply_to_exports(planted_family: Planted, tmp_path: Path) -> None:
+    path = tmp_path / "some.jsonl"
+    exports.export(
+        planted_family.engine,
+        exports.Request("edges", str(path), parent_sae="P/3", child_sae="P/2", min_score=0.9),
+    )
+    meta, rows = read_back(path, "jsonl")
+    assert rows and all(r["parent_sae"] == "P/3" and r["score"] >= 0.9 - 1e-6 for r in rows)
+    assert meta["filters"] == {"parent_sae": "P/3", "child_sae": "P/2", "min_score": 0.9}
+
+
+def test_bad_exports_leave_no_file(planted_family: Planted, tmp_path: Path) -> None:
+    target = tmp_path / "edges.csv"
+    with pytest.raises(errors.UnknownFamily, match="unknown family 'Q'"):
+        exports.export(planted_family.engine, exports.Request("edges", str(target), family="Q"))
+    with pytest.raises(errors.NotFound, match="unknown sae 'P/9'"):
+        exports.export(
+            planted_family.engine, exports.Request("edges", str(target), parent_sae="P/9")
+        )
+    with pytest.raises(errors.BadInput, match=r"expected a suffix \.jsonl, \.csv or \.parquet"):
+        exports.export(planted_family.engine, exports.Request("edges", str(tmp_path / "x.txt")))
+    with pytest.raises(errors.BadInput, match="Parquet needs a file"):
+        exports.format_of(exports.Request("edges", "-", format="parquet"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_to_stdout(planted_family: Planted, tmp_path: Path) -> None:
+    env = cli_env(tmp_path, database_url=planted_family.url)
+    proc = run_cli("export", "trees", "--output", "-", "--family", "P", env=env)
+    lines = proc.stdout.splitlines()
+    assert json.loads(lines[0])["latent_trees_export"]["kind"] == "trees"
+    assert len(lines) - 1 == sql(planted_family, "SELECT count(*) FROM tree_nodes")[0][0]
+    bad = run_cli("export", "edges", "-o", str(tmp_path / "e.xlsx"), env=env, check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().endswith("expected a suffix .jsonl, .csv or .parquet, or --format")
