@@ -12,7 +12,7 @@ import csv
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,7 +198,7 @@ def _json_value(value: Any) -> Any:
 
 
 def _write_jsonl(
-    out: IO[str], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
+    out: IO[Any], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
 ) -> int:
     names = [name for name, _ in COLUMNS[kind]]
     out.write(json.dumps({"latent_trees_export": meta}) + "\n")
@@ -210,7 +210,7 @@ def _write_jsonl(
 
 
 def _write_csv(
-    out: IO[str], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
+    out: IO[Any], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
 ) -> int:
     names = [name for name, _ in COLUMNS[kind]]
     for key, value in meta.items():
@@ -227,7 +227,7 @@ def _write_csv(
 
 
 def _write_parquet(
-    out: IO[bytes], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
+    out: IO[Any], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
 ) -> int:
     schema = pa.schema(COLUMNS[kind], metadata={"latent_trees_export": json.dumps(meta)})
     n = 0
@@ -245,4 +245,9 @@ def _write_parquet(
     return n
 
 
-WRITERS = {"jsonl": _write_jsonl, "csv": _write_csv, "parquet": _write_parquet}
+Writer = Callable[[IO[Any], Kind, dict[str, Any], Iterator[dict[str, Any]]], int]
+WRITERS: dict[Format, Writer] = {
+    "jsonl": _write_jsonl,
+    "csv": _write_csv,
+    "parquet": _write_parquet,
+}
