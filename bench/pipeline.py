@@ -12,6 +12,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,82 @@ def edge_columns(
     }
 
 
+@dataclass
+class Built:
+    """A family B of saes of the given widths with generated edges, views refreshed."""
+
+    latent_ids: list[np.ndarray]
+    n_edges: int
+
+
+def populate(
+    engine: sa.engine.Engine, widths: list[int], parents: int, rng: np.random.Generator
+) -> Built:
+    """Family B: one sae per width and a published job per neighbour pair, printing the COPY,
+    publish and refresh figures as it goes."""
+    n_tokens = 1_000_000
+    latent_ids = []
+    n_edges = 0
+    with engine.begin() as conn:
+        queries.create_family(conn, "B")
+    for i, d in enumerate(widths):
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            family = saes.lock_family(conn, "B")
+            sae_id, _jobs = saes.add(
+                conn,
+                family,
+                f"B/{i + 1}",
+                d,
+                saes.LatentColumns(
+                    rng.uniform(1, 10, d).astype(np.float32),
+                    rng.integers(10, 50_000, d),
+                    rng.uniform(1, 1e4, d),
+                    n_tokens,
+                ),
+                None,
+                {"kind": "bench"},
+                "none",
+                "none",
+                {"store_floor": 0.2},
+            )
+            ids = conn.execute(
+                sa.text("SELECT id FROM latent WHERE sae_id = :s ORDER BY idx"), {"s": sae_id}
+            ).scalars()
+            latent_ids.append(np.fromiter(ids, dtype=np.int64))
+        print(f"sae B/{i + 1}: {d:,} latents in {time.perf_counter() - started:.2f} s")
+        if i == 0:
+            continue
+        with engine.begin() as conn:
+            job = jobs.claim(conn, "bench", 3600)
+        assert job is not None
+        columns = edge_columns(rng, latent_ids[i - 1], latent_ids[i], parents, job.id)
+        n = len(columns["score"])
+        n_edges += n
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TEMP TABLE copy_probe (LIKE edge) ON COMMIT DROP")
+            started = time.perf_counter()
+            copy.copy_in(conn, "copy_probe", {k: (columns[k], t) for k, t in jobs.EDGE_COLUMNS})
+            copy_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            jobs.publish(conn, job, columns)
+        publish_s = time.perf_counter() - started
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            views.refresh(conn)
+        refresh_s = time.perf_counter() - started
+        print(
+            f"  job B/{i} -> B/{i + 1}: {n:,} edges; binary COPY {n / copy_s / 1e6:.2f}M rows/s"
+            f" ({copy_s:.1f} s); publish (COPY + insert with indexes) {publish_s:.1f} s"
+            f" = {n / publish_s / 1e6:.2f}M rows/s; view refresh {refresh_s:.1f} s"
+        )
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE"))
+        conn.commit()
+    return Built(latent_ids, n_edges)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[65536, 262144, 1048576])
@@ -75,64 +152,9 @@ def main() -> None:
         url = server.ensure_running(home)
         engine = db_engine.create(url)
         migrate.upgrade(engine)
-        n_tokens = 1_000_000
-        latent_ids = []
-        with engine.begin() as conn:
-            queries.create_family(conn, "B")
-        for i, d in enumerate(args.widths):
-            started = time.perf_counter()
-            with engine.begin() as conn:
-                family = saes.lock_family(conn, "B")
-                sae_id, _jobs = saes.add(
-                    conn,
-                    family,
-                    f"B/{i + 1}",
-                    d,
-                    saes.LatentColumns(
-                        rng.uniform(1, 10, d).astype(np.float32),
-                        rng.integers(10, 50_000, d),
-                        rng.uniform(1, 1e4, d),
-                        n_tokens,
-                    ),
-                    None,
-                    {"kind": "bench"},
-                    "none",
-                    "none",
-                    {"store_floor": 0.2},
-                )
-                ids = conn.execute(
-                    sa.text("SELECT id FROM latent WHERE sae_id = :s ORDER BY idx"), {"s": sae_id}
-                ).scalars()
-                latent_ids.append(np.fromiter(ids, dtype=np.int64))
-            print(f"sae B/{i + 1}: {d:,} latents in {time.perf_counter() - started:.2f} s")
-            if i == 0:
-                continue
-            with engine.begin() as conn:
-                job = jobs.claim(conn, "bench", 3600)
-            assert job is not None
-            columns = edge_columns(rng, latent_ids[i - 1], latent_ids[i], args.parents, job.id)
-            n = len(columns["score"])
-            with engine.begin() as conn:
-                conn.exec_driver_sql("CREATE TEMP TABLE copy_probe (LIKE edge) ON COMMIT DROP")
-                started = time.perf_counter()
-                copy.copy_in(conn, "copy_probe", {k: (columns[k], t) for k, t in jobs.EDGE_COLUMNS})
-                copy_s = time.perf_counter() - started
-            started = time.perf_counter()
-            with engine.begin() as conn:
-                jobs.publish(conn, job, columns)
-            publish_s = time.perf_counter() - started
-            started = time.perf_counter()
-            with engine.begin() as conn:
-                views.refresh(conn)
-            refresh_s = time.perf_counter() - started
-            print(
-                f"  job B/{i} -> B/{i + 1}: {n:,} edges; binary COPY {n / copy_s / 1e6:.2f}M rows/s"
-                f" ({copy_s:.1f} s); publish (COPY + insert with indexes) {publish_s:.1f} s"
-                f" = {n / publish_s / 1e6:.2f}M rows/s; view refresh {refresh_s:.1f} s"
-            )
+        latent_ids = populate(engine, args.widths, args.parents, rng).latent_ids
         with engine.connect() as conn:
             total = conn.execute(sa.text("SELECT count(*) FROM edge")).scalar_one()
-            conn.execute(sa.text("ANALYZE"))
             roots = rng.choice(latent_ids[0], args.roots, replace=False)
             labels = (
                 conn.execute(

@@ -387,22 +387,14 @@ def serve_cmd(
     workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes.")] = 1,
 ) -> None:
     """Serve the JSON API and the tree and DAG viewer (open http://HOST:PORT/)."""
-    import uvicorn
+    from service.api import serve
 
     config = settings.get()
     # Fail here, in one line, if the database is unreachable or behind; the server's
     # processes then find the embedded server that this one started.
     _engine().dispose()
     out.print(f"serving latent-trees on http://{host}:{port}/ (Ctrl-C stops)", markup=False)
-    uvicorn.run(
-        "service.api.app:create",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=config.log_level.lower(),
-        access_log=False,
-    )
+    serve.run(host, port, workers, config.log_level.lower())
 
 
 @app.command("demo")

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a query of the API, an export or the reader role may run.",
     )
+    api_cache_mb: float = Field(
+        default=64,
+        ge=0,
+        description="Memory per API process for responses kept while the data is unchanged.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Logging level of the CLI and workers."
     )

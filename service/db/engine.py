@@ -40,8 +40,9 @@ def create(
     pool_size: int = 5,
 ) -> Engine:
     """An engine for `libpq_url`, checked by connecting once (DatabaseUnreachable if not).
-    With `read_only_timeout` (seconds), every transaction is read-only and every statement is
-    cancelled after that long: the dashboards' engine."""
+    With `read_only_timeout` (seconds), every transaction is a read-only REPEATABLE READ one
+    (one snapshot for all its statements) and every statement is cancelled after that long:
+    the dashboards' engine."""
     connect_args: dict[str, object] = {
         "connect_timeout": connect_timeout,
         "application_name": "latent-trees",
@@ -53,7 +54,9 @@ def create(
         )
     engine = sa.create_engine(
         sqlalchemy_url(libpq_url),
-        pool_pre_ping=True,
+        # The API retries a lost connection itself, sparing a round trip per request.
+        pool_pre_ping=read_only_timeout is None,
+        isolation_level="REPEATABLE READ" if read_only_timeout is not None else None,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args=connect_args,

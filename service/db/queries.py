@@ -130,7 +130,6 @@ def rooted_tree(
 ) -> list[dict[str, Any]]:
     """Flat rows of `latent_tree(root, threshold)` with each node's max_act, frequency and top
     `n_contexts` activations in context (all when None)."""
-    latent(conn, root)
     rows = conn.execute(
         sa.text(
             "SELECT t.node, t.parent, t.depth, t.score, t.other_parents, l.max_act, l.frequency"
@@ -141,6 +140,9 @@ def rooted_tree(
         {"root": root, "threshold": threshold, "min_active": min_active_tokens},
     ).mappings()
     nodes = [dict(row) for row in rows]
+    if not nodes:  # a known root is always its own first row
+        latent(conn, root)
+        raise AssertionError(f"latent_tree({root!r}) returned no root")
     found = (
         contexts(conn, [node["node"] for node in nodes], n_contexts=n_contexts)
         if n_contexts != 0

@@ -1,0 +1,200 @@
+"""Load test of `latent-trees serve` on loopback: tree requests from concurrent keep-alive
+clients at ~10M stored edges, and a full export of the edges, on a throwaway embedded
+PostgreSQL.
+
+    python -m bench.api                          # widths 65536 262144 1048576: ~10.5M edges
+    python -m bench.api --widths 4096 16384 65536 --seconds 5
+
+Prints throughput and latency percentiles for 1 client (the baseline) and for `--clients`
+(50), for the nested tree, the flat tree and the DAG, with the response cache off (the
+baseline) and on; then rows/s and peak memory of `latent-trees export edges` to Parquet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import sqlalchemy as sa
+
+from bench import pipeline
+from service.db import engine as db_engine
+from service.db import migrate, server
+
+
+async def _client(
+    port: int, paths: list[str], until: float, latencies: list[float], errors: list[int]
+) -> None:
+    """One keep-alive HTTP/1.1 client: request, read the whole response, repeat."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    rng = random.Random(len(latencies) + id(latencies))
+    try:
+        while time.perf_counter() < until:
+            path = rng.choice(paths)
+            started = time.perf_counter()
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if status != 200:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str, float]:
+    """`clients` concurrent clients for `seconds` (after a 2 s warm-up): throughput and
+    latency percentiles in ms."""
+
+    async def run(duration: float) -> tuple[list[float], list[int]]:
+        latencies: list[float] = []
+        errors: list[int] = []
+        until = time.perf_counter() + duration
+        await asyncio.gather(
+            *(_client(port, paths, until, latencies, errors) for _ in range(clients))
+        )
+        return latencies, errors
+
+    asyncio.run(run(2.0))
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(run(seconds))
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(ms),
+        "per_s": len(ms) / elapsed,
+        "p50": float(np.percentile(ms, 50)),
+        "p95": float(np.percentile(ms, 95)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": len(errors),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Popen[bytes]:
+    """`latent-trees serve` in a subprocess, once it answers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", str(workers)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/families", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise SystemExit("the server did not start")
+        time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[65536, 262144, 1048576])
+    parser.add_argument("--parents", type=int, default=8, help="stored parents per child")
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--workers", type=int, default=2, help="server processes")
+    parser.add_argument("--roots", type=int, default=2000, help="distinct roots requested")
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    home = Path(tempfile.mkdtemp(prefix="lt-bench-api-", dir="/tmp"))
+    proc = None
+    try:
+        url = server.ensure_running(home)
+        engine = db_engine.create(url)
+        migrate.upgrade(engine)
+        built = pipeline.populate(engine, args.widths, args.parents, rng)
+        with engine.connect() as conn:
+            n_roots = min(args.roots, len(built.latent_ids[0]))
+            roots = rng.choice(built.latent_ids[0], n_roots, replace=False)
+            labels = list(
+                conn.execute(
+                    sa.text("SELECT label FROM latent WHERE id = ANY(:ids)"),
+                    {"ids": roots.tolist()},
+                ).scalars()
+            )
+        engine.dispose()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LATENT_TREES_")}
+        env |= {"DATABASE_URL": url, "LATENT_TREES_HOME": str(home)}
+        print(
+            f"\nserving {built.n_edges:,} stored edges with {args.workers} server processes;"
+            f" {len(labels)} distinct roots requested at random"
+        )
+        print(
+            f"{'route':<24}{'cache':>6}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}"
+            f"{'p99 ms':>9}"
+        )
+        for cache_mb in ("0", "64"):
+            port = free_port()
+            proc = start_server(env | {"LATENT_TREES_API_CACHE_MB": cache_mb}, port, args.workers)
+            for name, route, suffix in (
+                ("/api/trees (nested)", "trees", ""),
+                ("/api/trees?shape=flat", "trees", "?shape=flat"),
+                ("/api/dags", "dags", ""),
+            ):
+                paths = [f"/api/{route}/{label}{suffix}" for label in labels]
+                for clients in (1, args.clients):
+                    r = load(port, paths, clients, args.seconds)
+                    errors = f"  ({r['errors']} errors)" if r["errors"] else ""
+                    print(
+                        f"{name:<24}{'on' if cache_mb != '0' else 'off':>6}{clients:>8}"
+                        f"{r['per_s']:>9.0f}{r['p50']:>9.1f}{r['p95']:>9.1f}{r['p99']:>9.1f}"
+                        f"{errors}",
+                        flush=True,
+                    )
+            proc.terminate()
+            proc.wait(timeout=30)
+            proc = None
+        out = home / "edges.parquet"
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "service", "export", "edges", "-o", str(out)],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        elapsed = time.perf_counter() - started
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(
+            f"\nexport edges -> Parquet: {built.n_edges:,} rows in {elapsed:.1f} s"
+            f" = {built.n_edges / elapsed / 1e3:.0f}k rows/s; {out.stat().st_size / 2**20:.0f} MiB;"
+            f" peak RSS of any child process {peak_mib:.0f} MiB"
+        )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        server.stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
