@@ -28,8 +28,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The database: migrations, URL, embedded server.", no_args_is_help=True)
 family_app = typer.Typer(help="Families of saes.", no_args_is_help=True)
+sae_app = typer.Typer(help="Saes of a family.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(family_app, name="family")
+app.add_typer(sae_app, name="sae")
 
 out = Console(soft_wrap=True)
 T = TypeVar("T")
@@ -185,6 +187,20 @@ def family_create(
             f"family {name} created with {created.n_tokens:,} model inputs of d_in"
             f" {created.d_in}{note}"
         )
+
+
+@sae_app.command("link")
+def sae_link(
+    name: Annotated[str, typer.Argument(help="The sae, e.g. S/2.")],
+    neuronpedia: Annotated[
+        str | None,
+        typer.Option("--neuronpedia", help="MODEL/SOURCE on Neuronpedia; omit to unlink."),
+    ] = None,
+) -> None:
+    """Link an sae to its Neuronpedia page: latent cards and the viewer link out to it."""
+    with _engine().begin() as conn:
+        queries.link_neuronpedia(conn, name, neuronpedia)
+    out.print(f"sae {name}: neuronpedia {neuronpedia or 'unlinked'}", markup=False)
 
 
 @app.command("status")

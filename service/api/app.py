@@ -88,6 +88,9 @@ def create_app(engine: Engine, config: settings.Settings) -> FastAPI:
         version=service.__version__,
         description="Feature-splitting trees across SAE widths: latents, edges, trees, DAGs.",
         default_response_class=JSON,
+        # Swagger UI and ReDoc load their assets from a CDN; the OpenAPI document is enough.
+        docs_url=None,
+        redoc_url=None,
     )
     store = cache.ResponseCache(int(config.api_cache_mb * 2**20)) if config.api_cache_mb else None
 

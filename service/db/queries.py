@@ -183,3 +183,26 @@ def delete_family(conn: Connection, name: str) -> bool:
     )
     deleted = conn.execute(sa.delete(tables.Family).where(tables.Family.name == name))
     return deleted.rowcount == 1
+
+
+NEURONPEDIA_ID = re.compile(r"^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$")
+
+
+def link_neuronpedia(conn: Connection, sae: str, neuronpedia_id: str | None) -> None:
+    """Store (or with None, forget) the Neuronpedia id of sae `sae` (MODEL/SOURCE, e.g.
+    gemma-2-2b/12-gemmascope-res-16k), for linking latents out."""
+    if neuronpedia_id is not None and not NEURONPEDIA_ID.match(neuronpedia_id):
+        raise errors.BadInput(
+            f"neuronpedia id {neuronpedia_id!r}: expected MODEL/SOURCE, e.g. gpt2-small/8-res-jb"
+        )
+    value = sa.func.jsonb_build_object("neuronpedia_id", neuronpedia_id)
+    source = (
+        tables.Sae.source.op("||")(value)
+        if neuronpedia_id
+        else tables.Sae.source.op("-")("neuronpedia_id")
+    )
+    updated = conn.execute(
+        sa.update(tables.Sae).where(tables.Sae.name == sae).values(source=source)
+    )
+    if updated.rowcount != 1:
+        raise errors.NotFound(f"unknown sae {sae!r}")

@@ -53,3 +53,19 @@ def test_cli_family_and_status(fresh_url: str, tmp_path: Path) -> None:
 
     report = json.loads(run_cli("status", "--json", env=env).stdout)
     assert report["families"] == [{"name": "S", "n_tokens": None, "saes": []}]
+
+
+def test_neuronpedia_link(conn: Connection) -> None:
+    fid = queries.create_family(conn, "N")
+    conn.exec_driver_sql(f"INSERT INTO sae (family_id, name, d_sae) VALUES ({fid}, 'N/1', 4)")
+    queries.link_neuronpedia(conn, "N/1", "gpt2-small/8-res-jb")
+    source = conn.exec_driver_sql("SELECT source FROM sae WHERE name = 'N/1'").scalar_one()
+    assert source == {"neuronpedia_id": "gpt2-small/8-res-jb"}
+    queries.link_neuronpedia(conn, "N/1", None)
+    assert conn.exec_driver_sql("SELECT source FROM sae WHERE name = 'N/1'").scalar_one() == {}
+    before = table_snapshot(conn)
+    with pytest.raises(errors.BadInput, match="expected MODEL/SOURCE"):
+        queries.link_neuronpedia(conn, "N/1", "https://evil/x")
+    with pytest.raises(errors.NotFound, match="unknown sae 'N/2'"):
+        queries.link_neuronpedia(conn, "N/2", "gpt2-small/8-res-jb")
+    assert table_snapshot(conn) == before

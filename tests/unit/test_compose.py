@@ -58,3 +58,12 @@ def test_dockerfile_copies_only_files_that_exist() -> None:
         for source in sources.split():
             assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
     assert re.search(r"^ENTRYPOINT \[\"latent-trees\"\]$", dockerfile, flags=re.M)
+
+
+def test_api_serves_on_all_interfaces_and_checks_its_own_health() -> None:
+    api = _compose()["services"]["api"]
+    command = api["command"]
+    assert command[0] == "serve" and command[command.index("--host") + 1] == "0.0.0.0"
+    port = command[command.index("--port") + 1]
+    assert f"{port}:{port}" in api["ports"]
+    assert f"http://127.0.0.1:{port}/api/families" in " ".join(api["healthcheck"]["test"])

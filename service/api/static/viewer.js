@@ -206,8 +206,13 @@ async function showCard(label) {
       ["active tokens", `${c.n_active} (frequency ${fmt(c.frequency)})`],
       ["forest", c.forest ? `root ${c.forest.root}, depth ${c.forest.depth}` : "–"],
     ];
-    if (c.neuronpedia_id) facts.push(["Neuronpedia", `${c.neuronpedia_id}/${c.idx}`]);
     for (const [k, v] of facts) stats.append(el("span", { class: "muted" }, k), el("span", {}, v));
+    if (c.neuronpedia_id) {
+      const href = `https://www.neuronpedia.org/${c.neuronpedia_id}/${c.idx}`;
+      const link = el("a", { href, target: "_blank", rel: "noopener", id: "neuronpedia" }, `${c.neuronpedia_id}/${c.idx}`);
+      stats.append(el("span", { class: "muted" }, "Neuronpedia"), el("span", {}, null));
+      stats.lastChild.append(link);
+    }
     const parts = [title, reroot, stats];
     const known = c.contexts.filter((x) => x.token !== null);
     if (known.length) {
