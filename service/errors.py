@@ -36,6 +36,10 @@ class UnknownFamily(NotFound):
     """unknown family."""
 
 
+class UnknownSae(NotFound):
+    """unknown sae."""
+
+
 class UnknownLabel(NotFound):
     """unknown label."""
 

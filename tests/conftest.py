@@ -170,16 +170,23 @@ class Pipeline:
 
 @pytest.fixture
 def pipeline(migrated_url: str, engine: Engine, tmp_path: Path) -> Iterator[Pipeline]:
-    """Job tests share the session database; each starts from empty tables (TRUNCATE)."""
-    with engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE family, sae, latent, job, edge RESTART IDENTITY CASCADE"))
-        views.refresh(conn)
+    """Job tests share the session database; each starts and leaves it empty (TRUNCATE)."""
+
+    def empty() -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("TRUNCATE family, sae, latent, job, edge RESTART IDENTITY CASCADE")
+            )
+            views.refresh(conn)
+
+    empty()
     home = tmp_path / "home"
     home.mkdir()
     config = settings.Settings(
         database_url=migrated_url, home=home, device="cpu", lease_seconds=30, poll_seconds=1
     )
     yield Pipeline(engine, config, migrated_url)
+    empty()
 
 
 @dataclass

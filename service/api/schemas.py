@@ -49,10 +49,9 @@ class Context(BaseModel):
     context_after: str | None
 
 
-class ScoredLatent(BaseModel):
-    """A parent or child of a latent card, with every score part of their edge."""
+class ScoreParts(BaseModel):
+    """Every score part of an edge (SPEC.md section 2)."""
 
-    label: str
     masked_cos: float
     masked_cos_parent: float
     mcs: float
@@ -60,6 +59,12 @@ class ScoredLatent(BaseModel):
     score: float
     n_coactive: int
     adjacent: bool = Field(description="the two saes are neighbours by level")
+
+
+class ScoredLatent(ScoreParts):
+    """A parent or child of a latent card, with every score part of their edge."""
+
+    label: str
     qualifies: bool = Field(description="score > threshold, both latents active enough")
 
 
@@ -136,20 +141,13 @@ class Dag(BaseModel):
     links: list[DagLink]
 
 
-class EdgeRow(BaseModel):
+class EdgeRow(ScoreParts):
     parent: str
     child: str
     parent_sae: str
     child_sae: str
     parent_level: int
     child_level: int
-    masked_cos: float
-    masked_cos_parent: float
-    mcs: float
-    max_ratio: float
-    score: float
-    n_coactive: int
-    adjacent: bool
 
 
 class EdgePage(BaseModel):

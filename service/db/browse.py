@@ -148,22 +148,12 @@ class EdgeFilter:
             conditions.append("p.sae_id IN (SELECT id FROM sae WHERE family_id = :family_id)")
         for side, name in (("parent", self.parent_sae), ("child", self.child_sae)):
             if name is not None:
-                params[f"{side}_sae"] = _sae_id(conn, name)
+                params[f"{side}_sae"] = queries.sae_id(conn, check_sae_name(name))
                 conditions.append(f"{side[0]}.sae_id = :{side}_sae")
         if self.min_score is not None:
             conditions.append("e.score >= :min_score")
             params["min_score"] = self.min_score
         return conditions, params
-
-
-def _sae_id(conn: Connection, name: str) -> int:
-    check_sae_name(name)
-    found = conn.execute(
-        sa.select(tables.Sae.id).where(tables.Sae.name == name)
-    ).scalar_one_or_none()
-    if found is None:
-        raise errors.NotFound(f"unknown sae {name!r}")
-    return int(found)
 
 
 def parse_after(token: str) -> tuple[int, int]:

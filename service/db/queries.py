@@ -75,6 +75,16 @@ def family_id(conn: Connection, name: str) -> int:
     return int(found)
 
 
+def sae_id(conn: Connection, name: str) -> int:
+    """The id of sae `name` (e.g. S/2); UnknownSae if there is none."""
+    found = conn.execute(
+        sa.select(tables.Sae.id).where(tables.Sae.name == name)
+    ).scalar_one_or_none()
+    if found is None:
+        raise errors.UnknownSae(f"unknown sae {name!r}")
+    return int(found)
+
+
 def status(conn: Connection) -> dict[str, Any]:
     """Families with their saes (by level) and the number of jobs in each state."""
     f, s = tables.Family, tables.Sae
@@ -205,4 +215,4 @@ def link_neuronpedia(conn: Connection, sae: str, neuronpedia_id: str | None) -> 
         sa.update(tables.Sae).where(tables.Sae.name == sae).values(source=source)
     )
     if updated.rowcount != 1:
-        raise errors.NotFound(f"unknown sae {sae!r}")
+        raise errors.UnknownSae(f"unknown sae {sae!r}")
