@@ -1,8 +1,8 @@
 """`latent-trees export`: edges, latents or the forest to JSON lines, CSV or Parquet.
 
-Rows stream from a server-side cursor into the file in batches, so no table is ever held in
-memory. Every file records how it was made (the `Meta` below): as the first JSON line
-(`{"latent_trees_export": {...}}`), as `# key: value` comment lines before the CSV header
+Rows stream from a server-side cursor into the file in batches of columns, so no table is ever
+held in memory. Every file records how it was made (kind, filters, thresholds): as the first
+JSON line (`{"latent_trees_export": {...}}`), as `# key: value` comment lines before the CSV header
 (pandas: `comment="#"`), or as the Parquet schema's `latent_trees_export` metadata.
 """
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
@@ -136,9 +137,10 @@ def export(engine: Engine, request: Request) -> Written:
             **_parameters(request),
         }
         query, params = _query(conn, request)
-        rows = browse.stream(conn, query, params, BATCH)
+        names = [name for name, _ in COLUMNS[request.kind]]
+        batches = browse.stream(conn, query, params, names, BATCH)
         with _target(request.output, binary=fmt == "parquet") as out:
-            n_rows = WRITERS[fmt](out, request.kind, meta, rows)
+            n_rows = WRITERS[fmt](out, request.kind, meta, batches)
     return Written(request.output, fmt, n_rows)
 
 
@@ -193,24 +195,22 @@ def _target(output: str, *, binary: bool) -> Iterator[IO[Any]]:
         partial.unlink(missing_ok=True)
 
 
-def _json_value(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 def _write_jsonl(
-    out: IO[Any], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
+    out: IO[Any], kind: Kind, meta: dict[str, Any], batches: Iterator[list[list[Any]]]
 ) -> int:
     names = [name for name, _ in COLUMNS[kind]]
     out.write(json.dumps({"latent_trees_export": meta}) + "\n")
     n = 0
-    for row in rows:
-        out.write(json.dumps({k: _json_value(row[k]) for k in names}, allow_nan=False) + "\n")
-        n += 1
+    for columns in batches:
+        rows = zip(*columns, strict=True)
+        lines = [orjson.dumps(dict(zip(names, row, strict=True))) for row in rows]
+        out.write(b"\n".join(lines).decode() + "\n")
+        n += len(lines)
     return n
 
 
 def _write_csv(
-    out: IO[Any], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
+    out: IO[Any], kind: Kind, meta: dict[str, Any], batches: Iterator[list[list[Any]]]
 ) -> int:
     names = [name for name, _ in COLUMNS[kind]]
     for key, value in meta.items():
@@ -218,34 +218,34 @@ def _write_csv(
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(names)
     n = 0
-    for row in rows:
-        writer.writerow(
-            " > ".join(row[k]) if k == "path" else ("" if row[k] is None else row[k]) for k in names
-        )
-        n += 1
+    for columns in batches:
+        if "path" in names:
+            i = names.index("path")
+            columns[i] = [" > ".join(path) for path in columns[i]]
+        writer.writerows(zip(*columns, strict=True))
+        n += len(columns[0])
     return n
 
 
 def _write_parquet(
-    out: IO[Any], kind: Kind, meta: dict[str, Any], rows: Iterator[dict[str, Any]]
+    out: IO[Any], kind: Kind, meta: dict[str, Any], batches: Iterator[list[list[Any]]]
 ) -> int:
     schema = pa.schema(COLUMNS[kind], metadata={"latent_trees_export": json.dumps(meta)})
     n = 0
     with pq.ParquetWriter(out, schema, compression="zstd") as writer:
-        batch: list[dict[str, Any]] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) == BATCH:
-                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
-                n += len(batch)
-                batch = []
-        if batch or n == 0:
-            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
-            n += len(batch)
+        for columns in batches:
+            arrays = [
+                pa.array(values, type=field.type)
+                for values, field in zip(columns, schema, strict=True)
+            ]
+            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema))
+            n += len(columns[0])
+        if n == 0:
+            writer.write_table(schema.empty_table())
     return n
 
 
-Writer = Callable[[IO[Any], Kind, dict[str, Any], Iterator[dict[str, Any]]], int]
+Writer = Callable[[IO[Any], Kind, dict[str, Any], Iterator[list[list[Any]]]], int]
 WRITERS: dict[Format, Writer] = {
     "jsonl": _write_jsonl,
     "csv": _write_csv,

@@ -265,14 +265,17 @@ def like_escape(text: str) -> str:
 
 
 def stream(
-    conn: Connection, query: str, params: dict[str, Any], batch: int = 50_000
-) -> Iterator[dict[str, Any]]:
-    """The rows of `query` as dicts, read through a server-side cursor (exports)."""
+    conn: Connection, query: str, params: dict[str, Any], names: list[str], batch: int = 50_000
+) -> Iterator[list[list[Any]]]:
+    """The columns `names` of `query`'s rows, `batch` rows at a time (a list of columns each),
+    read through a server-side cursor: exports never hold a table in memory."""
     result = conn.execution_options(stream_results=True, yield_per=batch).execute(
         sa.text(query), params
     )
-    for row in result.mappings():
-        yield dict(row)
+    where = [list(result.keys()).index(name) for name in names]
+    for rows in result.partitions(batch):
+        columns = list(zip(*rows, strict=True))
+        yield [list(columns[i]) for i in where]
 
 
 def latents_query(family: str | None) -> str:
