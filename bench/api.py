@@ -112,6 +112,42 @@ def load(port: int, paths: list[str], clients: int, seconds: float) -> dict[str,
     }
 
 
+def single_requests(base: str, built: pipeline.Built, rng: np.random.Generator) -> None:
+    """Median latency of requests made one at a time: cards, edge pages, search."""
+
+    def median_ms(urls: list[str]) -> float:
+        times = []
+        with httpx.Client() as client:
+            for url in urls:
+                started = time.perf_counter()
+                response = client.get(base + url, timeout=60)
+                times.append((time.perf_counter() - started) * 1000)
+                assert response.status_code == 200, response.text
+        return float(np.median(times))
+
+    mid = len(built.latent_ids[1]) // 2
+    deep = f"{int(built.latent_ids[1][mid])}-0"
+    idx = rng.integers(0, len(built.latent_ids[1]), 20)
+    cases = [
+        ("latent card (parents, children)", [f"/api/latents/B/2/{i}" for i in idx]),
+        (
+            "edges, first page of 1000",
+            [f"/api/edges?limit=1000&min_score={x / 100}" for x in range(20)],
+        ),
+        (
+            "edges, a page of 1000 half-way",
+            [f"/api/edges?limit=1000&after={deep}&min_score={x / 100}" for x in range(20)],
+        ),
+        (
+            "search by label prefix",
+            [f"/api/search?q=B/3/{i}" for i in rng.integers(1000, 9999, 10)],
+        ),
+    ]
+    print(f"\n{'one request at a time (cache off)':<36}{'median ms':>10}")
+    for name, urls in cases:
+        print(f"{name:<36}{median_ms(urls):>10.1f}")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -198,6 +234,12 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
             proc = None
+        port = free_port()
+        proc = start_server(env | {"LATENT_TREES_API_CACHE_MB": "0"}, port, args.workers)
+        single_requests(f"http://127.0.0.1:{port}", built, rng)
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc = None
         out = home / "edges.parquet"
         started = time.perf_counter()
         command = [sys.executable, "-m", "service", "export", "edges", "-o", str(out)]
