@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build lies on disk on the project's machines; elsewhere pip fetches it from PyPI.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench bench-db bench-api clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,12 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.engine
+
+bench-db: install
+	$(BIN)/python -m bench.pipeline
+
+bench-api: install
+	$(BIN)/python -m bench.api
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

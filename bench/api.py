@@ -60,8 +60,9 @@ async def _client(
         writer.close()
 
 
-def warm(port: int, paths: list[str], clients: int, rounds: int = 3) -> None:
-    """Request every path `rounds` times, so that every server process has seen each."""
+def warm(port: int, paths: list[str], clients: int, rounds: int = 8) -> None:
+    """Request every path `rounds` times, so that each server process has very likely seen it
+    (connections split between the processes as the kernel hands them out)."""
 
     async def one(mine: list[str]) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -189,6 +189,9 @@ def edges_page(
     if after is not None:
         params["after_parent"], params["after_child"] = parse_after(after)
         where.append("(e.parent_id, e.child_id) > (:after_parent, :after_child)")
+        # Implied, but the planner does not carry a bound across the join: without it a merge
+        # join walks every parent latent before the page (linear in the page's depth).
+        where.append("p.id >= :after_parent")
     rows = conn.execute(
         sa.text(edges_query(where) + " LIMIT :limit"), params | {"limit": limit + 1}
     ).mappings()
