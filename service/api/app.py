@@ -1,8 +1,10 @@
 """`latent-trees serve`: the JSON API for dashboards and the tree and DAG viewer page.
 
-Handlers are plain functions over one read-only engine whose statements time out
-(`LATENT_TREES_STATEMENT_TIMEOUT`); FastAPI runs them in its thread pool. Every error has one
-shape, `{"ok": false, "error": "..."}`, with a 4xx or 5xx status.
+Each handler validates its parameters (FastAPI, from the annotations that also make the
+OpenAPI) and computes a plain dict in one read-only REPEATABLE READ transaction whose statements
+time out (`LATENT_TREES_STATEMENT_TIMEOUT`); the body is rendered once with orjson and kept
+while the database snapshot is unchanged (service/api/cache.py). FastAPI runs handlers in its
+thread pool. Every error has one shape, `{"ok": false, "error": "..."}`, 4xx or 5xx.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class JSON(JSONResponse):
-    """JSON by orjson (several times faster than the standard library on edge pages)."""
+    """JSON by orjson: the errors, and the default class that the OpenAPI document names."""
 
     media_type = "application/json"
 
