@@ -67,21 +67,23 @@ def add_tokens(
 
 def family_id(conn: Connection, name: str) -> int:
     """The id of family `name`; UnknownFamily if there is none."""
-    found = conn.execute(
-        sa.select(tables.Family.id).where(tables.Family.name == name)
-    ).scalar_one_or_none()
-    if found is None:
-        raise errors.UnknownFamily(f"unknown family {name!r}")
-    return int(found)
+    return _id_by_name(conn, tables.Family, name, errors.UnknownFamily)
 
 
 def sae_id(conn: Connection, name: str) -> int:
     """The id of sae `name` (e.g. S/2); UnknownSae if there is none."""
-    found = conn.execute(
-        sa.select(tables.Sae.id).where(tables.Sae.name == name)
-    ).scalar_one_or_none()
+    return _id_by_name(conn, tables.Sae, name, errors.UnknownSae)
+
+
+def _id_by_name(
+    conn: Connection,
+    table: type[tables.Family] | type[tables.Sae],
+    name: str,
+    unknown: type[errors.NotFound],
+) -> int:
+    found = conn.execute(sa.select(table.id).where(table.name == name)).scalar_one_or_none()
     if found is None:
-        raise errors.UnknownSae(f"unknown sae {name!r}")
+        raise unknown(f"unknown {table.__tablename__} {name!r}")
     return int(found)
 
 
