@@ -31,6 +31,16 @@ EDGE_PARTS = """
     e.masked_cos, e.masked_cos_parent, GREATEST(e.masked_cos, e.masked_cos_parent) AS mcs,
     e.max_ratio, e.score, e.n_coactive, COALESCE(ps.next_id = c.sae_id, false) AS adjacent
 """
+SCORE_PARTS = (
+    "masked_cos",
+    "masked_cos_parent",
+    "mcs",
+    "max_ratio",
+    "score",
+    "n_coactive",
+    "adjacent",
+    "qualifies",
+)
 QUALIFIES = """
     (COALESCE(ps.next_id = c.sae_id, false) AND e.score > :threshold
      AND p.n_active >= :min_active AND c.n_active >= :min_active) AS qualifies
@@ -112,20 +122,14 @@ def latent_card(
     card["forest"] = dict(forest) if forest is not None else None
     card["contexts"] = queries.contexts(conn, [label])[label]
     params = {"id": row["id"], "threshold": threshold, "min_active": min_active_tokens}
-    for side, mine, theirs, order in (
-        ("parents", "child", "p", "p.idx"),
-        ("children", "parent", "c", "c.idx"),
-    ):
+    for side, mine, theirs in (("parents", "child", "parent"), ("children", "parent", "child")):
+        query = edges_query(
+            [f"e.{mine}_id = :id"], qualifies=True, order=f"e.score DESC, {theirs[0]}.idx"
+        )
         card[side] = [
-            dict(r)
+            {"label": r[theirs]} | {k: r[k] for k in SCORE_PARTS}
             for r in conn.execute(
-                sa.text(
-                    f"SELECT {theirs}.label, {EDGE_PARTS}, {QUALIFIES}"
-                    " FROM edge e JOIN latent p ON p.id = e.parent_id"
-                    " JOIN latent c ON c.id = e.child_id JOIN sae_level ps ON ps.id = p.sae_id"
-                    f" WHERE e.{mine}_id = :id ORDER BY e.score DESC, {order} LIMIT :limit"
-                ),
-                params | {"limit": limit},
+                sa.text(query + " LIMIT :limit"), params | {"limit": limit}
             ).mappings()
         ]
     return card
@@ -166,9 +170,12 @@ def parse_after(token: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def edges_query(where: list[str], *, qualifies: bool = False) -> str:
-    """Edges with labels, sae names and every score part, in (parent id, child id) order;
-    with `qualifies`, also whether each qualifies (binds :threshold and :min_active)."""
+def edges_query(
+    where: list[str], *, qualifies: bool = False, order: str = "e.parent_id, e.child_id"
+) -> str:
+    """Edges with labels, sae names and every score part, in (parent id, child id) order
+    unless told; with `qualifies`, also whether each qualifies (binds :threshold and
+    :min_active)."""
     conditions = " AND ".join(where) if where else "true"
     return (
         "SELECT e.parent_id, e.child_id, p.label AS parent, c.label AS child,"
@@ -176,7 +183,7 @@ def edges_query(where: list[str], *, qualifies: bool = False) -> str:
         f" cs.level AS child_level, {EDGE_PARTS}{', ' + QUALIFIES if qualifies else ''}"
         " FROM edge e JOIN latent p ON p.id = e.parent_id JOIN latent c ON c.id = e.child_id"
         " JOIN sae_level ps ON ps.id = p.sae_id JOIN sae_level cs ON cs.id = c.sae_id"
-        f" WHERE {conditions} ORDER BY e.parent_id, e.child_id"
+        f" WHERE {conditions} ORDER BY {order}"
     )
 
 
@@ -209,37 +216,35 @@ def dag(conn: Connection, root: str, threshold: float, min_active_tokens: int) -
     """The rooted DAG of `root`: reached nodes and every qualifying link between them,
     `best` marking the link each node is drawn under in the rooted tree."""
     check_label(root)
-    queries.latent(conn, root)
-    params = {"root": root, "threshold": threshold, "min_active": min_active_tokens}
-    tree = (
-        "latent_tree(CAST(:root AS text), CAST(:threshold AS real), CAST(:min_active AS integer))"
+    # One row per node and link into it (a node without links once): one latent_tree() call.
+    rows = queries.tree_rows(
+        conn,
+        "SELECT t.node, t.depth, s.name AS sae, s.level, l.max_act, l.frequency, t.parent,"
+        " k.source, k.weight FROM {tree} t JOIN latent l ON l.label = t.node"
+        " JOIN sae_level s ON s.id = l.sae_id LEFT JOIN LATERAL ("
+        "   SELECT p.label AS source, e.score AS weight"
+        "   FROM edge e JOIN latent p ON p.id = e.parent_id WHERE e.child_id = l.id"
+        "   AND (p.label = t.parent OR p.label = ANY(t.other_parents))) k ON true"
+        " ORDER BY t.depth, t.node, k.weight DESC",
+        root,
+        threshold,
+        min_active_tokens,
     )
-    nodes = [
-        dict(row)
-        for row in conn.execute(
-            sa.text(
-                "SELECT t.node AS id, t.depth, s.name AS sae, s.level, l.max_act, l.frequency"
-                f" FROM {tree} t JOIN latent l ON l.label = t.node"
-                " JOIN sae_level s ON s.id = l.sae_id ORDER BY t.depth, t.node"
-            ),
-            params,
-        ).mappings()
-    ]
-    links = [
-        dict(row)
-        for row in conn.execute(
-            sa.text(
-                "SELECT p.label AS source, t.node AS target, e.score AS weight,"
-                " p.label = t.parent AS best"
-                f" FROM {tree} t JOIN latent c ON c.label = t.node"
-                " JOIN edge e ON e.child_id = c.id JOIN latent p ON p.id = e.parent_id"
-                " WHERE p.label = t.parent OR p.label = ANY(t.other_parents)"
-                " ORDER BY t.depth, t.node, e.score DESC"
-            ),
-            params,
-        ).mappings()
-    ]
-    return {"nodes": nodes, "links": links}
+    nodes: dict[str, dict[str, Any]] = {}
+    links = []
+    for row in rows:
+        node = {k: row[k] for k in ("depth", "sae", "level", "max_act", "frequency")}
+        nodes.setdefault(row["node"], {"id": row["node"], **node})
+        if row["source"] is not None:
+            links.append(
+                {
+                    "source": row["source"],
+                    "target": row["node"],
+                    "weight": row["weight"],
+                    "best": row["source"] == row["parent"],
+                }
+            )
+    return {"nodes": list(nodes.values()), "links": links}
 
 
 def search(conn: Connection, prefix: str, family: str | None, limit: int) -> list[dict[str, Any]]:

@@ -133,6 +133,30 @@ def latent(conn: Connection, label: str) -> sa.Row[Any]:
     return row
 
 
+# The rooted tree of :root at :threshold and :min_active (service/db/views/05_latent_tree.sql).
+LATENT_TREE = (
+    "latent_tree(CAST(:root AS text), CAST(:threshold AS real), CAST(:min_active AS integer))"
+)
+
+
+def tree_rows(
+    conn: Connection, query: str, root: str, threshold: float, min_active_tokens: int
+) -> list[dict[str, Any]]:
+    """The rows of `query`, which reads the rooted tree of `root` as `{tree} t`; UnknownLabel
+    if `root` is no latent (a known root is always its own first row)."""
+    rows = [
+        dict(row)
+        for row in conn.execute(
+            sa.text(query.replace("{tree}", LATENT_TREE)),
+            {"root": root, "threshold": threshold, "min_active": min_active_tokens},
+        ).mappings()
+    ]
+    if not rows:
+        latent(conn, root)
+        raise AssertionError(f"latent_tree({root!r}) returned no root")
+    return rows
+
+
 def rooted_tree(
     conn: Connection,
     root: str,
@@ -142,19 +166,14 @@ def rooted_tree(
 ) -> list[dict[str, Any]]:
     """Flat rows of `latent_tree(root, threshold)` with each node's max_act, frequency and top
     `n_contexts` activations in context (all when None)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT t.node, t.parent, t.depth, t.score, t.other_parents, l.max_act, l.frequency"
-            " FROM latent_tree(CAST(:root AS text), CAST(:threshold AS real),"
-            " CAST(:min_active AS integer)) t"
-            " JOIN latent l ON l.label = t.node ORDER BY t.depth, t.node"
-        ),
-        {"root": root, "threshold": threshold, "min_active": min_active_tokens},
-    ).mappings()
-    nodes = [dict(row) for row in rows]
-    if not nodes:  # a known root is always its own first row
-        latent(conn, root)
-        raise AssertionError(f"latent_tree({root!r}) returned no root")
+    nodes = tree_rows(
+        conn,
+        "SELECT t.node, t.parent, t.depth, t.score, t.other_parents, l.max_act, l.frequency"
+        " FROM {tree} t JOIN latent l ON l.label = t.node ORDER BY t.depth, t.node",
+        root,
+        threshold,
+        min_active_tokens,
+    )
     found = (
         contexts(conn, [node["node"] for node in nodes], n_contexts=n_contexts)
         if n_contexts != 0
