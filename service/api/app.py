@@ -179,7 +179,18 @@ def create_app(engine: Engine, config: settings.Settings) -> FastAPI:
     @app.get("/api/families", response_model=None, responses={200: {"model": schemas.Families}})
     def families(request: Request) -> Response:
         """Families with their saes by level."""
-        return respond(request, lambda conn: {"families": browse.families(conn)})
+
+        def compute(conn: Connection) -> dict[str, Any]:
+            found = queries.families(conn)
+            for family in found:
+                # An sae's name is its label (FAMILY/SAE), as the API calls it.
+                family["saes"] = [
+                    {"label": sae["name"], **{k: v for k, v in sae.items() if k != "name"}}
+                    for sae in family["saes"]
+                ]
+            return {"families": found}
+
+        return respond(request, compute)
 
     @app.get(
         "/api/latents/{label:path}",

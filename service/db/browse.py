@@ -61,30 +61,6 @@ def check_sae_name(name: str) -> str:
     return name
 
 
-def families(conn: Connection) -> list[dict[str, Any]]:
-    """Families with their saes by level (label, d_sae, level, state, latents, Neuronpedia id)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT f.name AS family, f.n_tokens, s.name AS label, s.d_sae, s.level, t.state,"
-            " t.source ->> 'neuronpedia_id' AS neuronpedia_id,"
-            " (SELECT count(*) FROM latent l WHERE l.sae_id = s.id) AS n_latents"
-            " FROM family f LEFT JOIN sae_level s ON s.family_id = f.id"
-            " LEFT JOIN sae t ON t.id = s.id ORDER BY f.name, s.level"
-        )
-    ).mappings()
-    found: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        family = found.setdefault(
-            row["family"], {"name": row["family"], "n_tokens": row["n_tokens"], "saes": []}
-        )
-        if row["label"] is not None:
-            family["saes"].append(
-                {k: row[k] for k in ("label", "d_sae", "level", "state", "n_latents")}
-                | {"neuronpedia_id": row["neuronpedia_id"]}
-            )
-    return list(found.values())
-
-
 def latent_card(
     conn: Connection, label: str, threshold: float, min_active_tokens: int, limit: int = 100
 ) -> dict[str, Any]:

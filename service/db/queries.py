@@ -87,8 +87,9 @@ def _id_by_name(
     return int(found)
 
 
-def status(conn: Connection) -> dict[str, Any]:
-    """Families with their saes (by level) and the number of jobs in each state."""
+def families(conn: Connection) -> list[dict[str, Any]]:
+    """Families by name with their saes by level (name, d_sae, level, state, n_latents,
+    neuronpedia_id)."""
     f, s = tables.Family, tables.Sae
     level = sa.func.rank().over(partition_by=s.family_id, order_by=s.d_sae).label("level")
     n_latents = (
@@ -97,32 +98,31 @@ def status(conn: Connection) -> dict[str, Any]:
         .scalar_subquery()
         .label("n_latents")
     )
+    neuronpedia_id = s.source["neuronpedia_id"].astext.label("neuronpedia_id")
     sae_rows = conn.execute(
-        sa.select(s.family_id, s.name, s.d_sae, s.state, level, n_latents).order_by(
+        sa.select(s.family_id, s.name, s.d_sae, level, s.state, n_latents, neuronpedia_id).order_by(
             s.family_id, s.d_sae
         )
-    ).all()
+    ).mappings()
     saes: dict[int, list[dict[str, Any]]] = {}
     for row in sae_rows:
-        saes.setdefault(row.family_id, []).append(
-            {
-                "name": row.name,
-                "d_sae": row.d_sae,
-                "level": row.level,
-                "state": row.state,
-                "n_latents": row.n_latents,
-            }
+        saes.setdefault(row["family_id"], []).append(
+            {k: v for k, v in row.items() if k != "family_id"}
         )
-    families = [
+    return [
         {"name": row.name, "n_tokens": row.n_tokens, "saes": saes.get(row.id, [])}
         for row in conn.execute(sa.select(f.id, f.name, f.n_tokens).order_by(f.name))
     ]
+
+
+def status(conn: Connection) -> dict[str, Any]:
+    """Families with their saes (by level) and the number of jobs in each state."""
     jobs = {state: 0 for state in tables.JOB_STATES}
     for state, count in conn.execute(
         sa.select(tables.Job.state, sa.func.count()).group_by(tables.Job.state)
     ):
         jobs[state] = count
-    return {"families": families, "jobs": jobs}
+    return {"families": families(conn), "jobs": jobs}
 
 
 def latent(conn: Connection, label: str) -> sa.Row[Any]:
