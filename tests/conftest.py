@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
 from psycopg import sql
 from sqlalchemy.engine import Connection, Engine
 
@@ -136,6 +138,20 @@ def run_cli(
     return proc
 
 
+@contextlib.contextmanager
+def read_only_app(
+    url: str, config: settings.Settings, statement_timeout: float = 5
+) -> Iterator[FastAPI]:
+    """The API app on a read-only engine with a statement timeout, as `serve` builds it."""
+    from service.api import app as api_app
+
+    engine = db_engine.create(url, read_only_timeout=statement_timeout)
+    try:
+        yield api_app.create_app(engine, config)
+    finally:
+        engine.dispose()
+
+
 def table_snapshot(connection: Connection) -> dict[str, list[tuple[object, ...]]]:
     """Every row of every table, sorted: two equal snapshots mean an untouched database."""
     names = sa.inspect(connection).get_table_names()
@@ -198,6 +214,10 @@ class Planted:
     engine: Engine
     config: settings.Settings
     names: dict[int, str]
+
+    def sql(self, query: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.text(query), params).all())
 
 
 @pytest.fixture(scope="session")

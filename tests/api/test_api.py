@@ -10,23 +10,18 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from service.api import app as api_app
 from service.db import engine as db_engine
-from tests.conftest import Planted
+from tests.conftest import Planted, read_only_app
 
 
 @pytest.fixture(scope="module")
 def client(planted_family: Planted) -> Iterator[TestClient]:
     """The app on a read-only engine with a statement timeout, as `serve` builds it."""
-    engine = db_engine.create(planted_family.url, read_only_timeout=5)
-    with TestClient(api_app.create_app(engine, planted_family.config)) as test_client:
+    with (
+        read_only_app(planted_family.url, planted_family.config) as app,
+        TestClient(app) as test_client,
+    ):
         yield test_client
-    engine.dispose()
-
-
-def sql(planted: Planted, query: str, **params: Any) -> list[Any]:
-    with planted.engine.connect() as conn:
-        return list(conn.execute(sa.text(query), params).all())
 
 
 def ok(response: Any) -> dict[str, Any]:
@@ -60,14 +55,13 @@ def test_latent_card_lists_every_stored_parent_and_child(
 ) -> None:
     label = "P/3/5"
     card = ok(client.get(f"/api/latents/{label}", params={"limit": 1000}))
-    stats = sql(
-        planted_family, "SELECT max_act, n_active, frequency FROM latent WHERE label = :l", l=label
+    stats = planted_family.sql(
+        "SELECT max_act, n_active, frequency FROM latent WHERE label = :l", l=label
     )
     assert (card["max_act"], card["n_active"], card["frequency"]) == pytest.approx(tuple(stats[0]))
     assert (card["sae"], card["level"], card["idx"]) == ("P/3", 2, 5)
     for side, mine, theirs in (("parents", "child", "parent"), ("children", "parent", "child")):
-        want = sql(
-            planted_family,
+        want = planted_family.sql(
             f"SELECT {theirs}, score, masked_cos, masked_cos_parent, mcs, max_ratio, n_coactive,"
             f" adjacent FROM latent_edges WHERE {mine} = :l",
             l=label,
@@ -83,9 +77,9 @@ def test_latent_card_lists_every_stored_parent_and_child(
         assert [r["score"] for r in got] == sorted((r["score"] for r in got), reverse=True)
     assert any(r["qualifies"] for r in card["parents"])
     # The forest place agrees with the materialized views.
-    root, depth = sql(
-        planted_family, "SELECT root, depth FROM tree_nodes WHERE node = :l", l=label
-    )[0]
+    root, depth = planted_family.sql("SELECT root, depth FROM tree_nodes WHERE node = :l", l=label)[
+        0
+    ]
     assert card["forest"]["root"] == root and card["forest"]["depth"] == depth
     assert len(card["contexts"]) == 10 and card["contexts"][0]["value"] == pytest.approx(
         card["max_act"]
@@ -109,8 +103,7 @@ def _walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def test_trees_nested_and_flat_match_latent_tree(
     client: TestClient, planted_family: Planted, threshold: float
 ) -> None:
-    want = sql(
-        planted_family,
+    want = planted_family.sql(
         "SELECT node, parent, depth, other_parents FROM latent_tree('P/1/3', CAST(:t AS real))",
         t=threshold,
     )
@@ -149,8 +142,7 @@ def test_dag_links_are_the_qualifying_edges_between_reached_nodes(
     for root in (f"P/1/{i}" for i in range(16)):
         dag = ok(client.get(f"/api/dags/{root}"))
         ids = {n["id"] for n in dag["nodes"]}
-        want = sql(
-            planted_family,
+        want = planted_family.sql(
             "SELECT parent, child, score FROM latent_edges WHERE adjacent AND score > 0.6"
             " AND parent = ANY(:ids) AND child = ANY(:ids)",
             ids=list(ids),
@@ -169,7 +161,7 @@ def test_dag_links_are_the_qualifying_edges_between_reached_nodes(
 def test_edges_pages_walk_every_edge_once_in_order(
     client: TestClient, planted_family: Planted
 ) -> None:
-    want = sql(planted_family, "SELECT parent, child FROM latent_edges")
+    want = planted_family.sql("SELECT parent, child FROM latent_edges")
     seen: list[tuple[str, str]] = []
     after = None
     pages = 0
@@ -196,8 +188,7 @@ def test_edge_filters(client: TestClient, planted_family: Planted) -> None:
             params={"parent_sae": "P/3", "child_sae": "P/2", "min_score": 0.9, "limit": 10_000},
         )
     )["rows"]
-    want = sql(
-        planted_family,
+    want = planted_family.sql(
         "SELECT count(*) FROM latent_edges WHERE parent LIKE 'P/3/%' AND child LIKE 'P/2/%'"
         " AND score >= CAST(0.9 AS real)",
     )[0][0]
@@ -257,18 +248,16 @@ def test_the_api_engine_is_read_only_and_times_out(planted_family: Planted) -> N
             conn.execute(sa.text("SELECT pg_sleep(2)"))
     finally:
         engine.dispose()
-    assert sql(planted_family, "SELECT count(*) FROM edge")[0][0] > 0
+    assert planted_family.sql("SELECT count(*) FROM edge")[0][0] > 0
 
 
 def test_a_timed_out_query_is_a_503(planted_family: Planted) -> None:
-    engine = db_engine.create(planted_family.url, read_only_timeout=0.001)
-    app = api_app.create_app(engine, planted_family.config)
-    try:
-        with TestClient(app) as slow:
-            response = slow.get("/api/edges", params={"limit": 10_000})
-            assert re.search("statement timeout", error(response, 503))
-    finally:
-        engine.dispose()
+    with (
+        read_only_app(planted_family.url, planted_family.config, 0.001) as app,
+        TestClient(app) as slow,
+    ):
+        response = slow.get("/api/edges", params={"limit": 10_000})
+        assert re.search("statement timeout", error(response, 503))
 
 
 def test_viewer_page_and_its_files_are_served_locally(client: TestClient) -> None:

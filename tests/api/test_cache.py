@@ -7,12 +7,10 @@ from pathlib import Path
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from service.api import app as api_app
 from service.api import cache
-from service.db import engine as db_engine
 from service.db import queries
 from service.sources import planted
-from tests.conftest import Pipeline, Planted
+from tests.conftest import Pipeline, Planted, read_only_app
 
 
 def test_a_new_width_changes_the_served_tree_at_once(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -22,46 +20,38 @@ def test_a_new_width_changes_the_served_tree_at_once(pipeline: Pipeline, tmp_pat
     pipeline.ingest("P", fam.write(tmp_path, 0))
     pipeline.ingest("P", fam.write(tmp_path, 2))
     pipeline.drain()
-    engine = db_engine.create(pipeline.url, read_only_timeout=5)
-    try:
-        with TestClient(api_app.create_app(engine, pipeline.config)) as client:
+    with read_only_app(pipeline.url, pipeline.config) as app, TestClient(app) as client:
 
-            def depths() -> list[int]:
-                body = client.get("/api/trees/P/1/0", params={"shape": "flat"}).json()
-                return sorted({n["depth"] for n in body["nodes"]})
+        def depths() -> list[int]:
+            body = client.get("/api/trees/P/1/0", params={"shape": "flat"}).json()
+            return sorted({n["depth"] for n in body["nodes"]})
 
-            assert depths() == [0, 1]
-            assert depths() == [0, 1]  # served again, unchanged
-            pipeline.ingest("P", fam.write(tmp_path, 1))  # inserted between the two
-            assert depths() == [0]  # the old pair is no longer adjacent; no job has run yet
-            pipeline.drain()
-            assert depths() == [0, 1, 2]
-            want = pipeline.sql("SELECT count(*) FROM latent_tree('P/1/0')")[0][0]
-            got = client.get("/api/trees/P/1/0", params={"shape": "flat"}).json()["nodes"]
-            assert len(got) == want
-    finally:
-        engine.dispose()
+        assert depths() == [0, 1]
+        assert depths() == [0, 1]  # served again, unchanged
+        pipeline.ingest("P", fam.write(tmp_path, 1))  # inserted between the two
+        assert depths() == [0]  # the old pair is no longer adjacent; no job has run yet
+        pipeline.drain()
+        assert depths() == [0, 1, 2]
+        want = pipeline.sql("SELECT count(*) FROM latent_tree('P/1/0')")[0][0]
+        got = client.get("/api/trees/P/1/0", params={"shape": "flat"}).json()["nodes"]
+        assert len(got) == want
 
 
 def test_etag_answers_if_none_match_until_the_data_changes(planted_family: Planted) -> None:
-    engine = db_engine.create(planted_family.url, read_only_timeout=5)
-    try:
-        with TestClient(api_app.create_app(engine, planted_family.config)) as client:
-            first = client.get("/api/trees/P/1/2")
-            tag = first.headers["etag"]
-            assert client.get("/api/trees/P/1/2").headers["etag"] == tag
-            again = client.get("/api/trees/P/1/2", headers={"If-None-Match": tag})
-            assert again.status_code == 304 and again.content == b""
-            other = client.get("/api/trees/P/1/2", params={"threshold": 0.7})
-            assert other.headers["etag"] != tag
-            # Any commit, here one that changes nothing visible, is a new snapshot.
-            with planted_family.engine.begin() as conn:
-                conn.execute(sa.text("UPDATE family SET inputs = inputs WHERE name = 'P'"))
-            fresh = client.get("/api/trees/P/1/2", headers={"If-None-Match": tag})
-            assert fresh.status_code == 200 and fresh.json() == first.json()
-            assert fresh.headers["etag"] != tag
-    finally:
-        engine.dispose()
+    with read_only_app(planted_family.url, planted_family.config) as app, TestClient(app) as client:
+        first = client.get("/api/trees/P/1/2")
+        tag = first.headers["etag"]
+        assert client.get("/api/trees/P/1/2").headers["etag"] == tag
+        again = client.get("/api/trees/P/1/2", headers={"If-None-Match": tag})
+        assert again.status_code == 304 and again.content == b""
+        other = client.get("/api/trees/P/1/2", params={"threshold": 0.7})
+        assert other.headers["etag"] != tag
+        # Any commit, here one that changes nothing visible, is a new snapshot.
+        with planted_family.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE family SET inputs = inputs WHERE name = 'P'"))
+        fresh = client.get("/api/trees/P/1/2", headers={"If-None-Match": tag})
+        assert fresh.status_code == 200 and fresh.json() == first.json()
+        assert fresh.headers["etag"] != tag
 
 
 def test_the_cache_is_bounded_in_bytes() -> None:
@@ -76,20 +66,16 @@ def test_the_cache_is_bounded_in_bytes() -> None:
 
 
 def test_a_connection_lost_to_a_restart_is_retried(planted_family: Planted) -> None:
-    engine = db_engine.create(planted_family.url, read_only_timeout=5)
-    try:
-        with TestClient(api_app.create_app(engine, planted_family.config)) as client:
-            before = client.get("/api/trees/P/1/4").json()
-            with planted_family.engine.connect() as conn:
-                killed = conn.execute(
-                    sa.text(
-                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                        " AND backend_type = 'client backend'"
-                    )
-                ).scalar_one()
-            assert killed >= 1
-            after = client.get("/api/trees/P/1/4")
-            assert after.status_code == 200 and after.json() == before
-    finally:
-        engine.dispose()
+    with read_only_app(planted_family.url, planted_family.config) as app, TestClient(app) as client:
+        before = client.get("/api/trees/P/1/4").json()
+        with planted_family.engine.connect() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND backend_type = 'client backend'"
+                )
+            ).scalar_one()
+        assert killed >= 1
+        after = client.get("/api/trees/P/1/4")
+        assert after.status_code == 200 and after.json() == before

@@ -10,7 +10,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import sqlalchemy as sa
 
 from service import errors, exports
 from tests.conftest import Planted, cli_env, run_cli
@@ -31,11 +30,6 @@ def read_back(path: Path, fmt: str) -> tuple[dict[str, Any], list[dict[str, Any]
     return json.loads(table.schema.metadata[b"latent_trees_export"]), table.to_pylist()
 
 
-def sql(planted: Planted, query: str) -> list[Any]:
-    with planted.engine.connect() as conn:
-        return list(conn.execute(sa.text(query)).all())
-
-
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
 def test_edges_export_equals_latent_edges(
     planted_family: Planted, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
@@ -46,8 +40,7 @@ def test_edges_export_equals_latent_edges(
         planted_family.engine, exports.Request("edges", str(path), family="P", threshold=0.7)
     )
     meta, rows = read_back(path, fmt)
-    want = sql(
-        planted_family,
+    want = planted_family.sql(
         "SELECT e.parent, e.child, e.score, e.adjacent AND e.score > 0.7 AND p.n_active >= 10"
         " AND c.n_active >= 10 FROM latent_edges e JOIN latent p ON p.label = e.parent"
         " JOIN latent c ON c.label = e.child",
@@ -68,16 +61,16 @@ def test_latents_and_forest_exports(planted_family: Planted, tmp_path: Path, fmt
     exports.export(planted_family.engine, exports.Request("latents", str(latents)))
     _meta, rows = read_back(latents, fmt)
     assert sorted(r["label"] for r in rows) == sorted(
-        r[0] for r in sql(planted_family, "SELECT label FROM latent")
+        r[0] for r in planted_family.sql("SELECT label FROM latent")
     )
     forest = tmp_path / f"trees.{fmt}"
     exports.export(planted_family.engine, exports.Request("trees", str(forest), family="P"))
     meta, rows = read_back(forest, fmt)
-    want = {tuple(r) for r in sql(planted_family, "SELECT root, node, depth FROM tree_nodes")}
+    want = {tuple(r) for r in planted_family.sql("SELECT root, node, depth FROM tree_nodes")}
     assert {(r["root"], r["node"], int(r["depth"])) for r in rows} == want
     assert meta["forest_threshold"] == 0.6
     with_parent = [r for r in rows if r["parent"] not in (None, "")]
-    assert len(with_parent) == sql(planted_family, "SELECT count(*) FROM tree_edges")[0][0]
+    assert len(with_parent) == planted_family.sql("SELECT count(*) FROM tree_edges")[0][0]
 
 
 def test_edge_filters_apply_to_exports(planted_family: Planted, tmp_path: Path) -> None:
@@ -111,7 +104,7 @@ def test_cli_export_to_stdout(planted_family: Planted, tmp_path: Path) -> None:
     proc = run_cli("export", "trees", "--output", "-", "--family", "P", env=env)
     lines = proc.stdout.splitlines()
     assert json.loads(lines[0])["latent_trees_export"]["kind"] == "trees"
-    assert len(lines) - 1 == sql(planted_family, "SELECT count(*) FROM tree_nodes")[0][0]
+    assert len(lines) - 1 == planted_family.sql("SELECT count(*) FROM tree_nodes")[0][0]
     bad = run_cli("export", "edges", "-o", str(tmp_path / "e.xlsx"), env=env, check=False)
     assert bad.returncode == 1
     assert bad.stderr.strip().endswith("expected a suffix .jsonl, .csv or .parquet, or --format")

@@ -7,19 +7,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from service.api import app as api_app
-from service.db import engine as db_engine
-from tests.conftest import Planted
+from tests.conftest import Planted, read_only_app
 
 
 def test_generated_requests_conform(planted_family: Planted) -> None:
-    engine = db_engine.create(planted_family.url, read_only_timeout=5)
-    schema = schemathesis.openapi.from_asgi(
-        "/openapi.json", api_app.create_app(engine, planted_family.config)
-    )
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 6
-    try:
+    with read_only_app(planted_family.url, planted_family.config) as app:
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert len(operations) == 6
         for operation in operations:
 
             @given(case=operation.as_strategy())
@@ -36,5 +31,3 @@ def test_generated_requests_conform(planted_family: Planted) -> None:
                 conforms()
             except Exception as exc:
                 pytest.fail(f"{operation.label}: {exc}")
-    finally:
-        engine.dispose()

@@ -14,9 +14,7 @@ import httpx
 import pytest
 import uvicorn
 
-from service.api import app as api_app
-from service.db import engine as db_engine
-from tests.conftest import REPO, Planted
+from tests.conftest import REPO, Planted, read_only_app
 
 CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser")) if p), None)
 pytestmark = pytest.mark.skipif(
@@ -26,28 +24,22 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def base_url(planted_family: Planted) -> Iterator[str]:
-    engine = db_engine.create(planted_family.url, read_only_timeout=5)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            api_app.create_app(engine, planted_family.config),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
+    with read_only_app(planted_family.url, planted_family.config) as app:
+        server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
         )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    engine.dispose()
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        yield f"http://127.0.0.1:{port}"
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def api(base_url: str, path: str, **params: Any) -> dict[str, Any]:
