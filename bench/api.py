@@ -33,6 +33,20 @@ from service.db import engine as db_engine
 from service.db import migrate, server
 
 
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> int:
+    """GET `path` on a keep-alive connection and read the whole response; its status."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1])
+
+
 async def _client(
     port: int, paths: list[str], until: float, latencies: list[float], errors: list[int]
 ) -> None:
@@ -43,16 +57,7 @@ async def _client(
         while time.perf_counter() < until:
             path = rng.choice(paths)
             started = time.perf_counter()
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            await reader.readexactly(length)
+            status = await _get(reader, writer, path)
             latencies.append(time.perf_counter() - started)
             if status != 200:
                 errors.append(status)
@@ -67,15 +72,7 @@ def warm(port: int, paths: list[str], clients: int, rounds: int = 8) -> None:
     async def one(mine: list[str]) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for path in mine:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-            await writer.drain()
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            await reader.readexactly(length)
+            await _get(reader, writer, path)
         writer.close()
 
     async def run() -> None:
