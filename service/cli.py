@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -29,7 +31,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="The database: migrations, URL, embedded server.", no_args_is_help=True)
 family_app = typer.Typer(help="Families of saes.", no_args_is_help=True)
 sae_app = typer.Typer(help="Saes of a family.", no_args_is_help=True)
+store_app = typer.Typer(help="The store of activations and model inputs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(store_app, name="store")
 app.add_typer(family_app, name="family")
 app.add_typer(sae_app, name="sae")
 
@@ -201,6 +205,23 @@ def sae_link(
     with _engine().begin() as conn:
         queries.link_neuronpedia(conn, name, neuronpedia)
     out.print(f"sae {name}: neuronpedia {neuronpedia or 'unlinked'}", markup=False)
+
+
+@store_app.command("gc")
+def store_gc() -> None:
+    """Remove store entries that no sae or family references, and the temporary folders of
+    killed ingests (safe while other commands run)."""
+    from service import entries
+    from service.sources import store
+
+    config = settings.get()
+    done = entries.collect(_engine(), store.Store.under(config.home))
+    out.print(
+        f"removed {done.entries} unreferenced entries ({done.entry_bytes / 2**20:,.1f} MiB) and"
+        f" {done.tmp_folders} abandoned temporary folders ({done.tmp_bytes / 2**20:,.1f} MiB);"
+        f" {done.kept} entries in use",
+        markup=False,
+    )
 
 
 @app.command("status")
@@ -443,10 +464,18 @@ def _run(fn: Callable[[], T]) -> T:
         raise SystemExit(exc.exit_code) from None
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point of the `latent-trees` console script."""
 
     def go() -> Any:
+        # SIGTERM unwinds like Ctrl-C, so that an ingest removes its temporary files (the
+        # worker installs its own handler to finish the job at hand).
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
         config = settings.get()
         logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s")
         return app(args=argv if argv is not None else sys.argv[1:], standalone_mode=True)

@@ -1,7 +1,7 @@
 """Registering a family: by name only (activation files), or with its model inputs, captured
 from a model or read from a precomputed file, stored once and encoded by every sae checkpoint
 ingested later. Inputs go to the store first; the family row and its token texts are then
-written in one transaction, and a failure removes what was stored."""
+written in one transaction, and a failure releases what was stored (`service.entries`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sqlalchemy.engine import Engine
 
-from service import errors, settings
+from service import entries, errors, settings
 from service.db import queries
 from service.sources import arrays, store
 from service.sources import model as model_
@@ -101,31 +101,28 @@ def _store_and_register(
     meta: dict[str, Any],
 ) -> Created:
     the_store = store.Store.under(config.home)
-    stored = the_store.write_inputs(batches, d_in, dtype, vocab, meta)
+    the_store.sweep_tmp()  # what killed registrations left behind
+    pending = the_store.write_inputs(batches, d_in, dtype, vocab, meta)
     has_ids = meta.get("has_token_ids", True)
-    inputs = {**meta, "path": stored.path, "d_in": d_in, "dtype": dtype}
-    try:
-        with engine.begin() as conn:
-            family_id = queries.create_family(
+    with entries.referencing(engine, the_store, pending) as (conn, stored):
+        inputs = {**meta, "path": stored.path, "d_in": d_in, "dtype": dtype}
+        family_id = queries.create_family(
+            conn,
+            name,
+            inputs,
+            stored.n_tokens,
+            stored.token_fingerprint if has_ids else None,
+        )
+        if vocab is not None:
+            source = the_store.open_inputs(stored.path)
+            ids = np.asarray(source.token_ids)
+            queries.add_tokens(
                 conn,
-                name,
-                inputs,
-                stored.n_tokens,
-                stored.token_fingerprint if has_ids else None,
+                family_id,
+                ids,
+                np.asarray(source.sequence),
+                [vocab.get(int(i), "") for i in ids],
             )
-            if vocab is not None:
-                source = the_store.open_inputs(stored.path)
-                ids = np.asarray(source.token_ids)
-                queries.add_tokens(
-                    conn,
-                    family_id,
-                    ids,
-                    np.asarray(source.sequence),
-                    [vocab.get(int(i), "") for i in ids],
-                )
-    except BaseException:
-        the_store.remove(stored)
-        raise
     return Created(name, stored.n_tokens, d_in, inputs)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from sqlalchemy.engine import Engine
 
-from service import errors, settings
+from service import entries, errors, settings
 from service.compute import chunks as chunks_
 from service.compute import device as device_
 from service.compute import encode as encode_
@@ -50,9 +50,10 @@ def job_params(config: settings.Settings) -> dict[str, object]:
 
 @dataclass
 class _Staged:
-    """Activations written to the store, with their statistics, awaiting the transaction."""
+    """Activations written to a temporary folder, with their statistics, awaiting the
+    transaction that places them in the store."""
 
-    stored: store.Stored
+    pending: store.Pending[store.Stored]
     stats: stats_.LatentStats
     top: stats_.Top
 
@@ -71,8 +72,10 @@ def _stage(
             top.add(block)
             yield block
 
-    stored = store.Store.under(config.home).write_activations(counted(), n_tokens, d_sae)
-    return _Staged(stored, acc.result(), top.result())
+    the_store = store.Store.under(config.home)
+    the_store.sweep_tmp()  # what killed ingests left behind
+    pending = the_store.write_activations(counted(), n_tokens, d_sae)
+    return _Staged(pending, acc.result(), top.result())
 
 
 def _commit(
@@ -85,35 +88,32 @@ def _commit(
     source: dict[str, Any],
     staged: _Staged,
 ) -> Ingested:
-    stats, stored = staged.stats, staged.stored
-    try:
-        with engine.begin() as conn:
-            family_row = saes.lock_family(conn, family)
-            # Re-check under the lock: another ingest may have landed meanwhile.
-            saes.check_token_set(family_row, what, stats.n_tokens, fingerprint)
-            final_name = name or saes.default_name(conn, family, family_row.id)
-            _, job_ids = saes.add(
-                conn,
-                family_row,
-                final_name,
-                stats.d_sae,
-                saes.LatentColumns(
-                    stats.max_act.numpy(),
-                    stats.n_active.numpy(),
-                    stats.sum_sq.numpy(),
-                    stats.n_tokens,
-                    staged.top.positions.numpy(),
-                    staged.top.values.numpy(),
-                ),
-                fingerprint,
-                source,
-                stored.path,
-                stored.sha256,
-                job_params(config),
-            )
-    except BaseException:
-        store.Store.under(config.home).remove(stored)
-        raise
+    stats = staged.stats
+    the_store = store.Store.under(config.home)
+    with entries.referencing(engine, the_store, staged.pending) as (conn, stored):
+        family_row = saes.lock_family(conn, family)
+        # Re-check under the lock: another ingest may have landed meanwhile.
+        saes.check_token_set(family_row, what, stats.n_tokens, fingerprint)
+        final_name = name or saes.default_name(conn, family, family_row.id)
+        _, job_ids = saes.add(
+            conn,
+            family_row,
+            final_name,
+            stats.d_sae,
+            saes.LatentColumns(
+                stats.max_act.numpy(),
+                stats.n_active.numpy(),
+                stats.sum_sq.numpy(),
+                stats.n_tokens,
+                staged.top.positions.numpy(),
+                staged.top.values.numpy(),
+            ),
+            fingerprint,
+            source,
+            stored.path,
+            stored.sha256,
+            job_params(config),
+        )
     log.info(
         "ingested %s: %d tokens, %d latents, jobs %s",
         final_name,
@@ -144,8 +144,10 @@ def ingest_activations(
     _check_name(engine, family, name, d_sae)
     with activations.ActivationFile(path, d_sae) as source:
         fingerprint = _fingerprint(source) if source.has_token_ids else None
+        # Checked early without a lock (re-checked under it at commit), so a bad file is
+        # refused before it is streamed.
         with engine.connect() as conn:
-            family_row = saes.lock_family(conn, family)
+            family_row = saes.family_row(conn, family)
             saes.check_token_set(family_row, str(path), source.n_tokens, fingerprint)
             saes.check_free(conn, family_row.id, name, source.d_sae)
         staged = _stage(config, source.blocks(), source.n_tokens, source.d_sae)
@@ -164,7 +166,7 @@ def ingest_checkpoint(
     _check_name(engine, family, name, None)
     encoder = checkpoints.load(folder)
     with engine.connect() as conn:
-        family_row = saes.lock_family(conn, family)
+        family_row = saes.family_row(conn, family)
         saes.check_free(conn, family_row.id, name, encoder.d_sae)
     path = (family_row.inputs or {}).get("path")
     if not path:

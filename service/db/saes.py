@@ -65,9 +65,13 @@ def check_free(conn: Connection, family_id: int, name: str | None, d_sae: int | 
 
 def lock_family(conn: Connection, family: str) -> sa.Row[Any]:
     """The family row, locked until the transaction ends (serialises ingests per family)."""
-    row = conn.execute(
-        sa.select(tables.Family.__table__).where(tables.Family.name == family).with_for_update()
-    ).first()
+    return family_row(conn, family, lock=True)
+
+
+def family_row(conn: Connection, family: str, *, lock: bool = False) -> sa.Row[Any]:
+    """The family row (UnknownFamily if there is none); `lock`: FOR UPDATE."""
+    query = sa.select(tables.Family.__table__).where(tables.Family.name == family)
+    row = conn.execute(query.with_for_update() if lock else query).first()
     if row is None:
         raise errors.UnknownFamily(f"unknown family {family!r}")
     return row

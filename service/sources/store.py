@@ -6,21 +6,26 @@
   bfloat16 bits), `token_ids.i64` [T], `sequence.i64` [T] (which sequence each token came from),
   `vocab.json` (the text of each token id, when a tokenizer is known) and `meta.json`.
 
-Writes go to a temporary folder first and are renamed into place: a reader never sees a
-half-written entry, and identical content is stored once.
+Writes go to a temporary folder `tmp/<uuid>/` first (its writer holds a lock on it while it
+lives, so a folder whose lock can be taken was left by a killed writer) and are renamed into
+place by `place`: a reader never sees a half-written entry, and identical content is stored
+once. Placing and deleting an entry are coordinated with the rows that reference it by
+`service.entries`, so that no entry is deleted while a committed row points at it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -44,7 +49,6 @@ class Stored:
     n_tokens: int
     d_sae: int
     nnz: int
-    created: bool  # False when identical content was already there
 
 
 INPUT_DTYPES = ("float32", "bfloat16", "float16")
@@ -68,7 +72,21 @@ class StoredInputs:
     n_tokens: int
     d_in: int
     token_fingerprint: str  # sha256 of the token ids as little-endian int64
-    created: bool
+
+
+E = TypeVar("E", Stored, StoredInputs)
+KINDS = ("activations", "inputs")
+# A temporary folder younger than this is never swept: its writer may not hold its lock yet.
+_TMP_GRACE_SECONDS = 60.0
+
+
+@dataclass
+class Pending(Generic[E]):
+    """An entry written to its temporary folder, awaiting `Store.place` (or `discard`)."""
+
+    entry: E
+    tmp: Path
+    lock: IO[bytes] | None = field(default=None, repr=False)
 
 
 class Store:
@@ -84,10 +102,10 @@ class Store:
 
     def write_activations(
         self, blocks: Iterable[chunks_.SparseChunk], n_tokens: int, d_sae: int
-    ) -> Stored:
-        """Store consecutive blocks covering tokens [0, n_tokens) (sorted by token)."""
-        tmp = self.root / "tmp" / uuid.uuid4().hex
-        tmp.mkdir(parents=True)
+    ) -> Pending[Stored]:
+        """Write consecutive blocks covering tokens [0, n_tokens) (sorted by token) to a
+        temporary folder; `place` puts them in the store."""
+        tmp, lock = self._new_tmp()
         try:
             hashes = {name: hashlib.sha256() for name in FILES}
             handles = {name: (tmp / fn).open("wb") for name, (fn, _dt) in FILES.items()}
@@ -113,35 +131,101 @@ class Store:
                 + b"".join(hashes[name].digest() for name in FILES)
             ).hexdigest()
             meta = {"n_tokens": n_tokens, "d_sae": d_sae, "nnz": nnz, "sha256": digest}
-            rel, created = self._commit(tmp, "activations", digest, meta)
-            return Stored(rel, digest, n_tokens, d_sae, nnz, created)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            entry = Stored(f"activations/{digest}", digest, n_tokens, d_sae, nnz)
+            return Pending(entry, tmp, lock)
+        except BaseException:
+            self._drop(tmp, lock)
+            raise
 
-    def _commit(self, tmp: Path, kind: str, digest: str, meta: dict[str, Any]) -> tuple[str, bool]:
-        """Write meta.json and rename `tmp` to `kind/digest`; (relative path, created)."""
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        rel = f"{kind}/{digest}"
-        final = self.root / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").exists():
-                raise
-            return rel, False  # same content stored before
-        return rel, True
+    def _new_tmp(self) -> tuple[Path, IO[bytes]]:
+        """A fresh temporary folder, locked by this process until it is placed or discarded."""
+        tmp = self.root / "tmp" / uuid.uuid4().hex
+        tmp.mkdir(parents=True)
+        lock = (tmp / ".lock").open("wb")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return tmp, lock
+
+    @staticmethod
+    def _drop(tmp: Path, lock: IO[bytes] | None) -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if lock is not None:
+            lock.close()
+
+    def place(self, pending: Pending[E]) -> E:
+        """Rename a pending entry into `kind/<sha256>` unless identical content is there; the
+        caller holds the entry's lock (`service.entries`) so that no delete runs meanwhile."""
+        final = self.root / pending.entry.path
+        if not self.exists(pending.entry.path):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(pending.tmp, final)
+            except OSError:
+                if not self.exists(pending.entry.path):
+                    raise
+        self.discard(pending)
+        return pending.entry
+
+    def discard(self, pending: Pending[Any]) -> None:
+        """Remove what is left of a pending entry's temporary folder and release its lock."""
+        self._drop(pending.tmp, pending.lock)
+        pending.lock = None
+
+    def exists(self, rel_path: str) -> bool:
+        """Whether the entry at `rel_path` is complete (its meta.json is written last)."""
+        return (self.root / rel_path / "meta.json").exists()
+
+    def delete(self, rel_path: str) -> None:
+        """Remove one entry (the caller holds its lock and knows no row references it)."""
+        shutil.rmtree(self.root / rel_path, ignore_errors=True)
+
+    def entries(self) -> list[str]:
+        """Every entry's relative path (`activations/<sha256>`, `inputs/<sha256>`)."""
+        return sorted(
+            f"{kind}/{p.name}"
+            for kind in KINDS
+            if (self.root / kind).is_dir()
+            for p in (self.root / kind).iterdir()
+        )
+
+    def size(self, rel_path: str) -> int:
+        """Bytes on disk of one entry."""
+        return sum(f.stat().st_size for f in (self.root / rel_path).rglob("*") if f.is_file())
+
+    def sweep_tmp(self) -> tuple[int, int]:
+        """Remove temporary folders left by killed writers; (folders, bytes) removed."""
+        folders = n_bytes = 0
+        tmp_root = self.root / "tmp"
+        if not tmp_root.is_dir():
+            return 0, 0
+        for tmp in tmp_root.iterdir():
+            try:
+                if time.time() - tmp.stat().st_mtime < _TMP_GRACE_SECONDS:
+                    continue
+                size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+                try:
+                    fd = os.open(tmp / ".lock", os.O_RDONLY)
+                except FileNotFoundError:
+                    shutil.rmtree(tmp)  # its writer died before it took the lock
+                else:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # its writer is gone
+                        shutil.rmtree(tmp)
+                    finally:
+                        os.close(fd)
+            except BlockingIOError:
+                continue  # a live writer holds it
+            except FileNotFoundError:
+                continue  # placed or discarded meanwhile
+            folders += 1
+            n_bytes += size
+        return folders, n_bytes
 
     @staticmethod
     def _put(handles: dict[str, Any], hashes: dict[str, Any], name: str, array: np.ndarray) -> None:
         data = np.ascontiguousarray(array, dtype=FILES[name][1]).tobytes()
         handles[name].write(data)
         hashes[name].update(data)
-
-    def remove(self, stored: Stored | StoredInputs) -> None:
-        """Undo a write that created a new entry (used when the transaction fails)."""
-        if stored.created:
-            shutil.rmtree(self.root / stored.path, ignore_errors=True)
 
     def write_inputs(
         self,
@@ -150,12 +234,12 @@ class Store:
         dtype: str,
         vocab: dict[int, str] | None,
         meta: dict[str, Any],
-    ) -> StoredInputs:
-        """Store a family's model inputs, batch after batch, as `dtype`."""
+    ) -> Pending[StoredInputs]:
+        """Write a family's model inputs, batch after batch, as `dtype` to a temporary folder;
+        `place` puts them in the store."""
         if dtype not in INPUT_DTYPES:
             raise errors.BadInput(f"--dtype {dtype}: expected one of {', '.join(INPUT_DTYPES)}")
-        tmp = self.root / "tmp" / uuid.uuid4().hex
-        tmp.mkdir(parents=True)
+        tmp, lock = self._new_tmp()
         try:
             digest = hashlib.sha256(f"inputs:{d_in}:{dtype}:".encode())
             fingerprint = hashlib.sha256()
@@ -191,10 +275,12 @@ class Store:
                 "sha256": sha,
                 "token_fingerprint": fingerprint.hexdigest(),
             }
-            rel, created = self._commit(tmp, "inputs", sha, info)
-            return StoredInputs(rel, sha, n_tokens, d_in, fingerprint.hexdigest(), created)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "meta.json").write_text(json.dumps(info))
+            entry = StoredInputs(f"inputs/{sha}", sha, n_tokens, d_in, fingerprint.hexdigest())
+            return Pending(entry, tmp, lock)
+        except BaseException:
+            self._drop(tmp, lock)
+            raise
 
     def open_inputs(self, rel_path: str) -> InputsSource:
         """A family's stored model inputs."""

@@ -217,9 +217,10 @@ def test_store_keeps_inputs_once_and_reads_them_back(tmp_path: Path) -> None:
     the_store = store.Store.under(tmp_path)
     x = torch.randn(100, 8)
     batch = store.InputsBatch(x, np.arange(100), np.repeat(np.arange(10), 10))
-    first = the_store.write_inputs([batch], 8, "bfloat16", {1: "a"}, {"kind": "test"})
-    again = the_store.write_inputs([batch], 8, "bfloat16", {1: "a"}, {"kind": "test"})
-    assert first.created and not again.created and first.path == again.path
+    first = the_store.place(the_store.write_inputs([batch], 8, "bfloat16", {1: "a"}, {"k": 1}))
+    again = the_store.place(the_store.write_inputs([batch], 8, "bfloat16", {1: "a"}, {"k": 1}))
+    assert first.path == again.path and the_store.entries() == [first.path]
+    assert not any((the_store.root / "tmp").iterdir())
     source = the_store.open_inputs(first.path)
     back = torch.cat([b for _s, b in source.batches(33)])
     assert back.dtype == torch.bfloat16
