@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build lies on disk on the project's machines; elsewhere pip fetches it from PyPI.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test lint format bench bench-db bench-api clean
+.PHONY: install demo test lint format bench bench-scale bench-gpu bench-db bench-api clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,16 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.engine
+
+bench-scale: install
+	$(BIN)/python -m bench.engine --cases scale
+
+# On a GPU machine as it is (PyTorch with CUDA and Triton, numba, numpy, scipy, pytest; no
+# database libraries, nothing installed): the GPU tests, then the engine and encode figures.
+bench-gpu:
+	PYTHONPATH=. $(PYTHON) -m pytest -c /dev/null --rootdir=. --confcutdir=tests/gpu \
+		-p no:cacheprovider -q -ra tests/gpu
+	PYTHONPATH=. $(PYTHON) -m bench.engine --cases gpu
 
 bench-db: install
 	$(BIN)/python -m bench.pipeline

@@ -20,6 +20,7 @@ from service import entries, errors, settings
 from service.compute import chunks as chunks_
 from service.compute import device as device_
 from service.compute import encode as encode_
+from service.compute import scores
 from service.compute import stats as stats_
 from service.db import queries, saes
 from service.sources import activations, checkpoints, store
@@ -41,9 +42,11 @@ class Ingested:
 
 def job_params(config: settings.Settings) -> dict[str, object]:
     """The parameters recorded on each new job."""
+    rule = scores.EdgeParams(store_floor=config.store_floor)
     return {
-        "store_floor": config.store_floor,
-        "top_parents": 3,
+        "store_floor": rule.store_floor,
+        "top_parents": rule.top_parents,
+        "top_children": rule.top_children,
         "max_attempts": config.max_attempts,
     }
 

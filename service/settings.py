@@ -48,7 +48,10 @@ class Settings(BaseSettings):
         default=0.6, ge=0, description="An edge qualifies when its score exceeds this."
     )
     store_floor: float = Field(
-        default=0.2, ge=0, description="Edges with score or mcs above this are stored."
+        default=0.4,
+        ge=0,
+        description="Edges with score or mcs above this are stored (plus each child's 3 best"
+        " parents and each parent's 3 best children).",
     )
     min_active_tokens: int = Field(
         default=10, ge=1, description="Both latents of a qualifying edge are active this often."
@@ -61,10 +64,16 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(default=3, ge=1, description="Attempts before a job is failed.")
     memory_budget_gb: float | None = Field(
-        default=None, gt=0, description="Memory for one job's pair sums; unset: 16 or less."
+        default=None,
+        gt=0,
+        description="Memory for one job's blocks of parent latents; unset: 16 or less.",
+    )
+    engine: Literal["auto", "numba", "triton", "torch"] = Field(
+        default="auto",
+        description="The engine's kernel: auto (numba on the CPU, triton on a GPU), or one.",
     )
     chunk_tokens: int = Field(
-        default=32768, ge=1, description="Tokens per streamed chunk when scoring."
+        default=65536, ge=1, description="Tokens per streamed chunk when reading activations."
     )
     encode_tokens: int = Field(
         default=4096, ge=1, description="Tokens per batch when encoding inputs with an sae."

@@ -1,4 +1,7 @@
-"""Shared fixtures: one throwaway embedded PostgreSQL per test session, never a mock."""
+"""Shared fixtures: one throwaway embedded PostgreSQL per test session, never a mock.
+
+tests/gpu has its own conftest and is run on the GPU machine with `--confcutdir=tests/gpu`,
+which keeps this one (and its database libraries) out of it."""
 
 from __future__ import annotations
 
@@ -26,21 +29,6 @@ from service.db import migrate, server, views
 from service.jobs import worker
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if has_cuda:
-        return
-    skip = pytest.mark.skip(reason="needs CUDA (GPU tests run on the GPU machine)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

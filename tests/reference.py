@@ -53,16 +53,24 @@ def all_pairs(parent: np.ndarray, child: np.ndarray) -> dict[tuple[int, int], Re
 
 
 def stored(
-    pairs: dict[tuple[int, int], RefEdge], store_floor: float = 0.2, top_parents: int = 3
+    pairs: dict[tuple[int, int], RefEdge],
+    store_floor: float = 0.4,
+    top_parents: int = 3,
+    top_children: int = 3,
 ) -> set[tuple[int, int]]:
     """Pairs with score or mcs above the floor, plus each child's top parents by score
-    (ties: lowest parent index)."""
+    (ties: lowest parent index) and each parent's top children (ties: lowest child index)."""
     keep = {k for k, e in pairs.items() if e.score > store_floor or e.mcs > store_floor}
     by_child: dict[int, list[tuple[float, int]]] = {}
+    by_parent: dict[int, list[tuple[float, int]]] = {}
     for (p, c), e in pairs.items():
         by_child.setdefault(c, []).append((-e.score, p))
+        by_parent.setdefault(p, []).append((-e.score, c))
     for c, ranked in by_child.items():
         for _neg, p in sorted(ranked)[:top_parents]:
+            keep.add((p, c))
+    for p, ranked in by_parent.items():
+        for _neg, c in sorted(ranked)[:top_children]:
             keep.add((p, c))
     return keep
 

@@ -1,32 +1,43 @@
-"""Score every edge between a parent sae and a child sae, within a memory budget.
+"""Score every edge between a parent sae and a child sae, in work proportional to their
+co-activations and memory proportional to a block of latents times d_sae.
 
-The pair space is cut into tiles (parent block x child block) small enough for the budget; each
-tile streams all tokens once and is independent of the others, so tiles could go to several
-devices or machines and their candidates merge with `scores.finalize`.
+The parent's latents are cut into consecutive blocks. A block is gathered latent-major (one
+counting pass over the parent's entries), then each of its latents walks its active tokens and,
+for each, the child latents active there (the child read token-major, in place from the store):
+sparse Gustavson. Blocks never share an output row, so they are the unit that goes to threads,
+devices and Ray tasks; each emits candidates (`scores.candidates`), and `scores.finalize` picks
+the stored edges among all of them exactly.
+
+Backends, one algorithm: `numba` (the compiled CPU kernel, all cores), `triton` (the fused GPU
+kernel; on the CPU only under TRITON_INTERPRET=1, for tests) and `torch` (plain torch on any
+device, the fallback).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numba
 import torch
 
 from service.compute import chunks as chunks_
+from service.compute import cpu_kernel, layout, torch_kernel
 from service.compute import device as device_
-from service.compute import pairs as pairs_
 from service.compute import scores as scores_
 from service.compute import stats as stats_
 
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
-# Per pair of a tile: four sums plus the temporaries of scoring it (float64 each, and masks).
-_TILE_BYTES_PER_PAIR_PER_DTYPE_BYTE = 10
+BACKENDS = ("auto", "numba", "triton", "torch")
+# Bytes per entry of a block gathered latent-major (token int32 + value float32), with slack.
+_BYTES_PER_BLOCK_ENTRY = 16
+# Bytes per pair of the dense rows of the torch and triton paths (ab, aa, bb, n).
+_BYTES_PER_ROW_PAIR = 32
 
 
 @dataclass(frozen=True)
@@ -37,36 +48,10 @@ class PairResult:
     parent_stats: stats_.LatentStats
     child_stats: stats_.LatentStats
     n_coactivations: int
-    tiles: list[pairs_.Tile]
+    n_pairs: int  # distinct co-active pairs, each scored once
+    blocks: list[tuple[int, int]]
     seconds: float
-
-
-def plan_tiles(
-    d_parent: int,
-    d_child: int,
-    memory_budget: int,
-    dtype: torch.dtype = torch.float64,
-    max_coactivations: int = pairs_.MAX_COACTIVATIONS,
-) -> list[pairs_.Tile]:
-    """Tiles covering every pair, each fitting `memory_budget` bytes with its chunk expansion."""
-    per_pair = _TILE_BYTES_PER_PAIR_PER_DTYPE_BYTE * torch.finfo(dtype).bits // 8
-    room = memory_budget - max_coactivations * pairs_.BYTES_PER_COACTIVATION
-    max_pairs = room // per_pair
-    if max_pairs < 1:
-        raise ValueError(f"memory budget of {memory_budget} bytes is too small for one tile")
-    if d_parent * d_child <= max_pairs:
-        return [pairs_.Tile(0, d_parent, 0, d_child)]
-    # Whole child rows when they fit (each pass then reads every child entry once).
-    tile_c = min(d_child, max_pairs)
-    tile_p = max(1, min(d_parent, max_pairs // tile_c))
-    # Balance the blocks so the last one is not a sliver.
-    tile_p = math.ceil(d_parent / math.ceil(d_parent / tile_p))
-    tile_c = math.ceil(d_child / math.ceil(d_child / tile_c))
-    return [
-        pairs_.Tile(p0, min(p0 + tile_p, d_parent), c0, min(c0 + tile_c, d_child))
-        for p0 in range(0, d_parent, tile_p)
-        for c0 in range(0, d_child, tile_c)
-    ]
+    backend: str
 
 
 def default_budget(device: torch.device) -> int:
@@ -78,13 +63,17 @@ def default_budget(device: torch.device) -> int:
     return int(min(16 * GiB, free * 0.8))
 
 
-def _aligned(
-    parent: chunks_.ChunkSource, child: chunks_.ChunkSource, chunk_tokens: int
-) -> Iterator[tuple[chunks_.SparseChunk, chunks_.SparseChunk]]:
-    for p, c in zip(parent.chunks(chunk_tokens), child.chunks(chunk_tokens), strict=True):
-        if (p.start, p.n_tokens) != (c.start, c.n_tokens):
-            raise ValueError("parent and child sources yield chunks of different tokens")
-        yield p, c
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend for `auto` on a device: the compiled kernel of that device."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        from service.compute import gpu_kernel
+
+        return "triton" if gpu_kernel.available() else "torch"
+    return "numba"
 
 
 def score_pair(
@@ -93,14 +82,18 @@ def score_pair(
     params: scores_.EdgeParams | None = None,
     *,
     device: str | torch.device = "auto",
+    backend: str = "auto",
     memory_budget: int | None = None,
-    chunk_tokens: int = 32768,
-    dtype: torch.dtype = torch.float64,
-    max_coactivations: int = pairs_.MAX_COACTIVATIONS,
+    chunk_tokens: int = 1 << 16,
     parent_stats: stats_.LatentStats | None = None,
     child_stats: stats_.LatentStats | None = None,
+    max_block_entries: int | None = None,
+    max_block_rows: int | None = None,
+    on_block: Callable[[int, int], None] | None = None,
 ) -> PairResult:
-    """Every stored edge between `parent` and `child` (SPEC.md section 2), with statistics."""
+    """Every stored edge between `parent` and `child` (SPEC.md section 2), with statistics.
+
+    `on_block(done, total)` is called after each block (progress)."""
     if parent.n_tokens != child.n_tokens:
         raise ValueError(
             f"parent has {parent.n_tokens} tokens but child has {child.n_tokens}: "
@@ -108,34 +101,39 @@ def score_pair(
         )
     params = params or scores_.EdgeParams()
     dev = device_.resolve(device)
+    kind = resolve_backend(backend, dev)
     budget = memory_budget if memory_budget is not None else default_budget(dev)
-    tiles = plan_tiles(parent.d_sae, child.d_sae, budget, dtype, max_coactivations)
     started = time.perf_counter()
+    if parent_stats is None:
+        parent_stats = stats_.latent_stats(parent, device=str(dev), chunk_tokens=chunk_tokens)
+    if child_stats is None:
+        child_stats = stats_.latent_stats(child, device=str(dev), chunk_tokens=chunk_tokens)
+    parent_rows = layout.token_major(parent, chunk_tokens)
+    child_rows = layout.token_major(child, chunk_tokens)
 
-    if parent_stats is None or child_stats is None:
-        p_acc = stats_.StatsAccumulator(parent.d_sae, dev)
-        c_acc = stats_.StatsAccumulator(child.d_sae, dev)
-        for p, c in _aligned(parent, child, chunk_tokens):
-            p_acc.add(p.to(dev))
-            c_acc.add(c.to(dev))
-        parent_stats, child_stats = p_acc.result(), c_acc.result()
+    max_entries = max_block_entries or max(1, budget // (4 * _BYTES_PER_BLOCK_ENTRY))
+    rows_cap = max_block_rows
+    if kind != "numba":
+        dense_rows = budget // (2 * _BYTES_PER_ROW_PAIR * max(child.d_sae, 1))
+        if dense_rows < 1:
+            raise ValueError(f"memory budget of {budget} bytes is too small for one row")
+        rows_cap = min(rows_cap or dense_rows, dense_rows)
+    blocks = layout.plan_blocks(layout.block_nnz(parent_rows), max_entries, rows_cap)
 
-    candidates: list[scores_.Edges] = []
-    n_coactivations = 0
-    for tile in tiles:
-        sums = pairs_.PairSums(tile, dev, dtype, max_coactivations)
-        whole_p = (tile.p0, tile.p1) == (0, parent.d_sae)
-        whole_c = (tile.c0, tile.c1) == (0, child.d_sae)
-        for p, c in _aligned(parent, child, chunk_tokens):
-            p = p.to(dev) if whole_p else p.to(dev).restrict(tile.p0, tile.p1)
-            c = c.to(dev) if whole_c else c.to(dev).restrict(tile.c0, tile.c1)
-            sums.add(p, c)
-        n_coactivations += sums.n_coactivations
-        candidates.append(scores_.tile_edges(sums, parent_stats, child_stats, params))
-        del sums
-        log.debug("tile %s: %d candidates", tile, len(candidates[-1]))
-
-    edges = scores_.finalize(scores_.Edges.concat(candidates), params)
+    run = {"numba": _numba_blocks, "torch": _torch_blocks, "triton": _triton_blocks}[kind]
+    found: list[scores_.Edges] = []
+    tops: list[torch.Tensor] = []
+    n_coactivations = n_pairs = 0
+    for i, (cands, parent_top, coacts, pairs) in enumerate(
+        run(parent_rows, child_rows, blocks, parent_stats, child_stats, params, dev, budget)
+    ):
+        found.append(cands)
+        tops.append(parent_top)
+        n_coactivations += coacts
+        n_pairs += pairs
+        if on_block is not None:
+            on_block(i + 1, len(blocks))
+    edges = scores_.finalize(scores_.Edges.concat(found), params, torch.cat(tops))
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return PairResult(
@@ -143,6 +141,134 @@ def score_pair(
         parent_stats,
         child_stats,
         n_coactivations,
-        tiles,
+        n_pairs,
+        blocks,
         time.perf_counter() - started,
+        kind,
+    )
+
+
+# Per block: candidate edges, which are among their parent's top children, co-activations and
+# distinct co-active pairs.
+BlockResults = Iterator[tuple[scores_.Edges, torch.Tensor, int, int]]
+
+
+def _numba_blocks(
+    parent: layout.TokenMajor,
+    child: layout.TokenMajor,
+    blocks: list[tuple[int, int]],
+    parent_stats: stats_.LatentStats,
+    child_stats: stats_.LatentStats,
+    params: scores_.EdgeParams,
+    dev: torch.device,
+    budget: int,
+) -> BlockResults:
+    if dev.type != "cpu":
+        raise ValueError(f"the numba backend runs on the CPU, not {dev}")
+    scratch = cpu_kernel.Scratch.new(numba.get_num_threads(), child.d_sae)
+    p_sum_sq, p_max = parent_stats.sum_sq.numpy(), parent_stats.max_act.numpy()
+    c_sum_sq, c_max = child_stats.sum_sq.numpy(), child_stats.max_act.numpy()
+    for lo, hi in blocks:
+        block = layout.latent_major(parent, lo, hi)
+        with numba.parallel_chunksize(8):  # rows differ in cost: hand them out dynamically
+            found = cpu_kernel.score_block(
+                block,
+                child,
+                p_sum_sq,
+                p_max,
+                c_sum_sq,
+                c_max,
+                params.store_floor,
+                params.top_parents,
+                params.top_children,
+                scratch,
+            )
+        edges = scores_.Edges.of(
+            found.row + lo,
+            found.child,
+            *(found.parts[:, i] for i in range(4)),
+            found.n_coactive,
+        )
+        yield edges, torch.from_numpy(found.parent_top), found.n_coactivations, found.n_pairs
+
+
+def _device_blocks(
+    parent: layout.TokenMajor,
+    child: layout.TokenMajor,
+    blocks: list[tuple[int, int]],
+    parent_stats: stats_.LatentStats,
+    child_stats: stats_.LatentStats,
+    params: scores_.EdgeParams,
+    dev: torch.device,
+    sums_of: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> BlockResults:
+    """The torch and Triton paths: both saes on the device, the parent made latent-major
+    there once (one sort), then each block's touched pairs scored and filtered there."""
+    c_indptr, c_indices, c_values = layout.as_tensors(child, dev)
+    per_token = c_indptr.diff()
+    p_indptr, p_tokens, p_values = layout.latent_major_on(parent, dev)
+    for lo, hi in blocks:
+        first, last = int(p_indptr[lo]), int(p_indptr[hi])
+        tokens = p_tokens[first:last]
+        coacts = int(per_token[tokens.long()].sum())
+        r, c, sums = sums_of(
+            p_indptr[lo : hi + 1] - first,
+            tokens,
+            p_values[first:last],
+            c_indptr,
+            c_indices,
+            c_values,
+            coacts,
+        )
+        scored = scores_.Edges.from_sums(r + lo, c, sums, parent_stats, child_stats)
+        cands, parent_top = scores_.candidates(scored, params)
+        yield cands.cpu(), parent_top.cpu(), coacts, len(scored)
+
+
+def _torch_blocks(
+    parent: layout.TokenMajor,
+    child: layout.TokenMajor,
+    blocks: list[tuple[int, int]],
+    parent_stats: stats_.LatentStats,
+    child_stats: stats_.LatentStats,
+    params: scores_.EdgeParams,
+    dev: torch.device,
+    budget: int,
+) -> BlockResults:
+    rows = torch_kernel.Rows(max(hi - lo for lo, hi in blocks), child.d_sae, dev)
+    max_coacts = max(1024, budget // (4 * torch_kernel.BYTES_PER_COACTIVATION))
+
+    def sums_of(
+        p_indptr: torch.Tensor,
+        p_tokens: torch.Tensor,
+        p_values: torch.Tensor,
+        c_indptr: torch.Tensor,
+        c_indices: torch.Tensor,
+        c_values: torch.Tensor,
+        _coacts: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return rows.block_sums(
+            p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, max_coacts
+        )
+
+    yield from _device_blocks(
+        parent, child, blocks, parent_stats, child_stats, params, dev, sums_of
+    )
+
+
+def _triton_blocks(
+    parent: layout.TokenMajor,
+    child: layout.TokenMajor,
+    blocks: list[tuple[int, int]],
+    parent_stats: stats_.LatentStats,
+    child_stats: stats_.LatentStats,
+    params: scores_.EdgeParams,
+    dev: torch.device,
+    budget: int,
+) -> BlockResults:
+    from service.compute import gpu_kernel
+
+    rows = gpu_kernel.Rows(max(hi - lo for lo, hi in blocks), child.d_sae, dev)
+    yield from _device_blocks(
+        parent, child, blocks, parent_stats, child_stats, params, dev, rows.block_sums
     )

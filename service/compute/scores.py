@@ -1,7 +1,7 @@
 """Score parts of SPEC.md section 2, from pair sums and per-latent statistics.
 
-    masked_cos        = ab / (sqrt(aa) * sqrt(sum b^2))       mask on the child (b > 0)
-    masked_cos_parent = ab / (sqrt(sum a^2) * sqrt(bb))       mask on the parent (a > 0)
+    masked_cos        = ab / sqrt(aa * sum b^2)               mask on the child (b > 0)
+    masked_cos_parent = ab / sqrt(sum a^2 * bb)               mask on the parent (a > 0)
     mcs               = max(masked_cos, masked_cos_parent)
     max_ratio         = max b / max a
     score             = masked_cos * max_ratio
@@ -13,26 +13,63 @@ sums over masked tokens only see co-active tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
+import numba
+import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from service.compute import pairs as pairs_
 from service.compute import stats as stats_
 
 
 @dataclass(frozen=True)
 class EdgeParams:
-    """Which pairs are kept: score or mcs above `store_floor`, plus each child's best parents."""
+    """Which pairs are stored (SPEC.md section 2): score or mcs above `store_floor`, plus each
+    child's `top_parents` best parents and each parent's `top_children` best children."""
 
-    store_floor: float = 0.2
+    store_floor: float = 0.4
     top_parents: int = 3
+    top_children: int = 3
+
+
+def parts(
+    ab: Any, aa: Any, bb: Any, p_sum_sq: Any, c_sum_sq: Any, p_max: Any, c_max: Any
+) -> tuple[Any, Any, Any, Any]:
+    """(masked_cos, masked_cos_parent, max_ratio, score) of co-active pairs from their sums.
+
+    Arithmetic only, so that one definition serves numpy arrays, torch tensors and the compiled
+    kernels' scalars. Every denominator is > 0 for a co-active pair (both latents were active
+    on a token), so nothing here can divide by zero."""
+    masked_cos = ab / (aa * c_sum_sq) ** 0.5
+    masked_cos_parent = ab / (p_sum_sq * bb) ** 0.5
+    max_ratio = c_max / p_max
+    return masked_cos, masked_cos_parent, max_ratio, masked_cos * max_ratio
+
+
+def above_floor(score: Any, mcs: Any, floor: float) -> Any:
+    """Stored whatever the ranks: score or mcs above the store floor."""
+    return (score > floor) | (mcs > floor)
+
+
+# Compact columns (tens of millions of candidates): the parts are stored as float4 anyway; the
+# score stays float64 because ranks and the floor are decided on it.
+DTYPES = {
+    "parent": torch.int32,
+    "child": torch.int32,
+    "masked_cos": torch.float32,
+    "masked_cos_parent": torch.float32,
+    "max_ratio": torch.float32,
+    "score": torch.float64,
+    "n_coactive": torch.int32,
+}
 
 
 @dataclass(frozen=True)
 class Edges:
-    """Scored pairs (CPU tensors): parent and child are latent indices within their saes."""
+    """Scored pairs (CPU tensors): parent and child are latent indices within their saes.
+    Build with `Edges.of`, which gives every column its dtype (`DTYPES`)."""
 
     parent: Int[Tensor, " n"]
     child: Int[Tensor, " n"]
@@ -41,6 +78,16 @@ class Edges:
     max_ratio: Float[Tensor, " n"]
     score: Float[Tensor, " n"]
     n_coactive: Int[Tensor, " n"]
+
+    @staticmethod
+    def of(*columns: Tensor | np.ndarray) -> Edges:
+        """Edges from its seven columns, in field order, converted to their dtypes."""
+        return Edges(
+            *(
+                torch.as_tensor(c).to(DTYPES[f.name])
+                for c, f in zip(columns, fields(Edges), strict=True)
+            )
+        )
 
     def __len__(self) -> int:
         return int(self.parent.shape[0])
@@ -52,6 +99,9 @@ class Edges:
 
     def select(self, keep: Tensor) -> Edges:
         """The edges at `keep` (a mask or an index tensor)."""
+        if keep.device.type == "cpu" and self.parent.device.type == "cpu":
+            at = keep.numpy()  # numpy's take and compress: several times torch's on the CPU
+            return Edges(*(_pick(getattr(self, f.name), at) for f in fields(self)))
         return Edges(*(getattr(self, f.name)[keep] for f in fields(self)))
 
     @staticmethod
@@ -63,85 +113,145 @@ class Edges:
 
     def sorted(self) -> Edges:
         """Ordered by child, then score descending, then parent: best parents first."""
-        order = torch.argsort(self.parent, stable=True)
-        order = order[torch.argsort(-self.score[order], stable=True)]
-        order = order[torch.argsort(self.child[order], stable=True)]
+        order, _rank = order_and_rank(self.child, self.score, self.parent)
         return self.select(order)
 
+    @staticmethod
+    def from_sums(
+        parent: Tensor,
+        child: Tensor,
+        sums: Float[Tensor, "4 n"],
+        parent_stats: stats_.LatentStats,
+        child_stats: stats_.LatentStats,
+    ) -> Edges:
+        """Co-active pairs (latent indices) scored from their sums ab, aa, bb, n, on the
+        device of the sums (the statistics are moved there)."""
+        dev = sums.device
 
-def empty() -> Edges:
-    i, f = torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.float64)
-    return Edges(i, i, f, f, f, f, i)
+        def stat(x: Tensor, at: Tensor) -> Tensor:
+            return x.to(dev, torch.float64)[at]
+
+        ab, aa, bb, n = sums.to(torch.float64)
+        mc, mcp, ratio, score = parts(
+            ab,
+            aa,
+            bb,
+            stat(parent_stats.sum_sq, parent),
+            stat(child_stats.sum_sq, child),
+            stat(parent_stats.max_act, parent),
+            stat(child_stats.max_act, child),
+        )
+        return Edges.of(parent, child, mc, mcp, ratio, score, n)
+
+    def cpu(self) -> Edges:
+        """The same edges as CPU tensors."""
+        return Edges(*(getattr(self, f.name).cpu() for f in fields(self)))
 
 
-def tile_edges(
-    sums: pairs_.PairSums,
-    parent: stats_.LatentStats,
-    child: stats_.LatentStats,
-    params: EdgeParams,
-) -> Edges:
-    """The candidate edges of one tile: above the floor, or among a child's top parents."""
-    tile = sums.tile
-    n_p, n_c = tile.shape
-    dev, dt = sums.sums.device, sums.sums.dtype
-    ab, aa, bb, n = (s.view(n_p, n_c) for s in sums.sums)
-    p_sum_sq = parent.sum_sq[tile.p0 : tile.p1].to(dev, dt)[:, None]
-    c_sum_sq = child.sum_sq[tile.c0 : tile.c1].to(dev, dt)[None, :]
-    p_max = parent.max_act[tile.p0 : tile.p1].to(dev, dt)[:, None]
-    c_max = child.max_act[tile.c0 : tile.c1].to(dev, dt)[None, :]
-
-    coactive = n > 0
-    masked_cos = _ratio(ab, torch.sqrt(aa) * torch.sqrt(c_sum_sq), coactive)
-    masked_cos_parent = _ratio(ab, torch.sqrt(p_sum_sq) * torch.sqrt(bb), coactive)
-    max_ratio = _ratio(c_max.expand(n_p, n_c), p_max.expand(n_p, n_c), coactive)
-    score = masked_cos * max_ratio
-    valid = coactive & torch.isfinite(score)
-
-    floor = params.store_floor
-    keep = valid & ((score > floor) | (torch.maximum(masked_cos, masked_cos_parent) > floor))
-    keep |= _top_parents(torch.where(valid, score, -torch.inf), params.top_parents) & valid
-
-    p_idx, c_idx = torch.nonzero(keep, as_tuple=True)
-    return Edges(
-        (p_idx + tile.p0).cpu(),
-        (c_idx + tile.c0).cpu(),
-        masked_cos[p_idx, c_idx].to(torch.float64).cpu(),
-        masked_cos_parent[p_idx, c_idx].to(torch.float64).cpu(),
-        max_ratio[p_idx, c_idx].to(torch.float64).cpu(),
-        score[p_idx, c_idx].to(torch.float64).cpu(),
-        n[p_idx, c_idx].to(torch.int64).cpu(),
+def _pick(column: Tensor, at: np.ndarray) -> Tensor:
+    values = column.numpy()
+    return torch.from_numpy(
+        np.compress(at, values) if at.dtype == np.bool_ else np.take(values, at)
     )
 
 
-def _ratio(num: Tensor, den: Tensor, where: Tensor) -> Tensor:
-    # Zero wherever undefined, so that no NaN or Inf can leave this module.
-    safe = where & (den > 0)
-    return torch.where(safe, num / torch.where(safe, den, torch.ones_like(den)), 0.0)
+def empty() -> Edges:
+    return Edges.of(*(torch.zeros(0) for _ in fields(Edges)))
 
 
-def _top_parents(score: Float[Tensor, "p c"], k: int) -> Bool[Tensor, "p c"]:
-    """Pairs scoring at least each child's k-th best score (ties kept: merging breaks them)."""
-    if k <= 0 or score.shape[0] == 0:
-        return torch.zeros_like(score, dtype=torch.bool)
-    kth = torch.topk(score, min(k, score.shape[0]), dim=0).values[-1:]
-    return (score >= kth) & torch.isfinite(kth)
+def candidates(edges: Edges, params: EdgeParams) -> tuple[Edges, Tensor]:
+    """A block's candidates among its scored pairs, a superset of its stored edges (finite;
+    above the floor, or within the block's top ranks of their parent or child), and which are
+    among their parent's `top_children` (exact: a parent's pairs are all in its block)."""
+    edges = edges.select(torch.isfinite(edges.score))
+    parent_top = _rank(edges.parent, edges.score, edges.child) < params.top_children
+    keep = above_floor(edges.score, edges.mcs, params.store_floor) | parent_top
+    keep |= _rank(edges.child, edges.score, edges.parent) < params.top_parents
+    return edges.select(keep), parent_top[keep]
 
 
-def finalize(candidates: Edges, params: EdgeParams) -> Edges:
-    """Merge tile candidates: keep floor edges plus each child's top parents (ties: lowest
-    parent index), sorted by child then score."""
-    ordered = candidates.sorted()
-    if len(ordered) == 0:
-        return ordered
-    # Rank within each child's run (ordered by score desc, parent asc).
-    child = ordered.child
-    new_run = torch.ones_like(child, dtype=torch.bool)
-    new_run[1:] = child[1:] != child[:-1]
-    run_start = torch.cummax(torch.where(new_run, torch.arange(len(child)), 0), 0).values
-    rank = torch.arange(len(child)) - run_start
-    floor = params.store_floor
-    keep = (rank < params.top_parents) | (ordered.score > floor) | (ordered.mcs > floor)
-    return ordered.select(keep)
+def finalize(candidates: Edges, params: EdgeParams, parent_top: Tensor | None = None) -> Edges:
+    """The stored edges among candidates (a superset of them, each pair at most once): above
+    the floor, or among a child's `top_parents` best by score (ties: lowest parent index), or
+    among a parent's `top_children` best (ties: lowest child index; `parent_top` when the
+    blocks knew it already: a parent's pairs are all in one block); in the candidates' order
+    (`Edges.sorted` orders them). On the CPU, compiled: candidates number tens of millions."""
+    c = candidates.cpu()
+    finite = torch.isfinite(c.score)
+    if not bool(finite.all()):
+        c = c.select(finite)
+        parent_top = None if parent_top is None else parent_top[finite]
+    _by_child, child_rank = order_and_rank(c.child, c.score, c.parent)
+    if parent_top is None:
+        parent_top = order_and_rank(c.parent, c.score, c.child)[1] < params.top_children
+    keep = above_floor(c.score, c.mcs, params.store_floor)
+    keep |= child_rank < params.top_parents
+    keep |= parent_top
+    return c.select(keep)
+
+
+def _rank(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
+    """`order_and_rank`'s rank in torch ops, on the tensors' device (a GPU block's pairs)."""
+    if len(group) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=group.device)
+    order = torch.argsort(tie, stable=True)
+    order = order[torch.argsort(-score[order], stable=True)]
+    order = order[torch.argsort(group[order], stable=True)]
+    g = group[order]
+    new_run = torch.ones_like(g, dtype=torch.bool)
+    new_run[1:] = g[1:] != g[:-1]
+    position = torch.arange(len(g), device=g.device)
+    run_start = torch.cummax(torch.where(new_run, position, 0), 0).values
+    rank = torch.empty_like(position)
+    rank[order] = position - run_start
+    return rank
+
+
+def order_and_rank(group: Tensor, score: Tensor, tie: Tensor) -> tuple[Tensor, Tensor]:
+    """The order by group, then score descending, then `tie` ascending, and each pair's rank
+    within its group in that order (CPU tensors; `_rank` is the same rule in torch ops)."""
+    if len(group) == 0:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    g = group.numpy()
+    order, rank = _order_and_rank(g, score.numpy(), tie.numpy(), int(g.max()) + 1)
+    return torch.from_numpy(order), torch.from_numpy(rank)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _order_and_rank(
+    group: np.ndarray, score: np.ndarray, tie: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.zeros(n_groups + 1, np.int64)
+    for i in range(len(group)):
+        starts[group[i] + 1] += 1
+    for g in range(n_groups):
+        starts[g + 1] += starts[g]
+    order = np.empty(len(group), np.int64)
+    fill = starts[:-1].copy()
+    for i in range(len(group)):  # counting sort by group (stable)
+        order[fill[group[i]]] = i
+        fill[group[i]] += 1
+    rank = np.empty(len(group), np.int64)
+    for g in numba.prange(n_groups):
+        lo, hi = starts[g], starts[g + 1]
+        seg = order[lo:hi]
+        if hi - lo > 32:  # two stable sorts, least significant key first
+            by_tie = seg[np.argsort(tie[seg], kind="mergesort")]
+            seg[:] = by_tie[np.argsort(-score[by_tie], kind="mergesort")]
+        # Insertion sort by (score desc, tie asc) for small groups (most: a latent's edges).
+        for i in range(1, (hi - lo) if hi - lo <= 32 else 0):
+            x = seg[i]
+            k = i
+            while k > 0 and (
+                score[seg[k - 1]] < score[x]
+                or (score[seg[k - 1]] == score[x] and tie[seg[k - 1]] > tie[x])
+            ):
+                seg[k] = seg[k - 1]
+                k -= 1
+            seg[k] = x
+        for k in range(hi - lo):
+            rank[seg[k]] = k
+    return order, rank
 
 
 def qualifies(

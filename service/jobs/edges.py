@@ -46,22 +46,39 @@ def run(
     inputs = db_engine.transaction(engine, lambda conn: jobs.inputs(conn, job))
     parent = activation_store.open_activations(inputs.parent.activations_path)
     child = activation_store.open_activations(inputs.child.activations_path)
+    # The rule recorded when the job was planned (jobs planned before top_children was part
+    # of the rule stored each child's top parents only).
     params = scores.EdgeParams(
         store_floor=float(job.params.get("store_floor", config.store_floor)),
         top_parents=int(job.params.get("top_parents", 3)),
+        top_children=int(job.params.get("top_children", 0)),
     )
     budget = int(config.memory_budget_gb * 2**30) if config.memory_budget_gb else None
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        log.info(
+            "job %d %s: block %d/%d (%.1f s)",
+            job.id,
+            inputs.label,
+            done,
+            total,
+            time.perf_counter() - started,
+        )
+
     with _Heartbeat(engine, job, config.lease_seconds):
         result = compute.score_pair(
             parent,
             child,
             params,
             device=config.device,
+            backend=config.engine,
             memory_budget=budget,
             chunk_tokens=config.chunk_tokens,
             # Stored at ingest by the same accumulator: no second pass over the activations.
             parent_stats=_stats(inputs.parent),
             child_stats=_stats(inputs.child),
+            on_block=progress,
         )
     columns = edge_columns(result.edges, inputs, job.id)
     started = time.perf_counter()

@@ -46,7 +46,8 @@ def describe(result: edges.Outcome | Failure) -> str:
     if isinstance(result, edges.Outcome):
         return (
             f"job {result.job_id} {result.label}: {result.n_edges:,} edges,"
-            f" {result.n_coactivations:,} co-activations,"
+            f" {result.n_coactivations:,} co-activations"
+            f" ({result.n_coactivations / max(result.compute_seconds, 1e-9):.3g}/s),"
             f" compute {result.compute_seconds:.2f} s, write {result.write_seconds:.2f} s"
         )
     return (

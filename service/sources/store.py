@@ -32,6 +32,7 @@ import torch
 
 from service import errors
 from service.compute import chunks as chunks_
+from service.compute import layout
 
 FILES = {
     "indptr": ("indptr.i64", np.int64),
@@ -318,6 +319,12 @@ class StoreSource:
     @property
     def d_sae(self) -> int:
         return self._d_sae
+
+    def token_major(self) -> layout.TokenMajor:
+        """The entry as it is stored (token-major), memory-mapped: nothing is copied."""
+        return layout.TokenMajor(
+            np.asarray(self.indptr), np.asarray(self.indices), np.asarray(self.values), self._d_sae
+        )
 
     def chunks(self, chunk_tokens: int) -> Iterator[chunks_.SparseChunk]:
         for start in range(0, self._n_tokens, chunk_tokens):

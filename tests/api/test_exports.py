@@ -52,7 +52,7 @@ def test_edges_export_equals_latent_edges(
         assert float(row["score"]) == pytest.approx(score, rel=1e-6)
         assert str(row["qualifies"]) in (str(qualifies), str(qualifies).lower())
     assert meta["kind"] == "edges" and meta["threshold"] == 0.7 and meta["min_active_tokens"] == 10
-    assert meta["store_floor"] == [0.2] and meta["family"] == "P"
+    assert meta["store_floor"] == [0.4] and meta["family"] == "P"
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from service.compute import chunks, engine, scores
+from service.compute import chunks, engine, layout, scores
 from tests import reference
 
+if not torch.cuda.is_available():
+    # The GPU kernel runs on CPU tensors under Triton's interpreter (set before it is imported).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 TOL = 1e-5
+# Every backend on the CPU: the compiled kernel, the Triton kernel interpreted, plain torch.
+BACKENDS = ["numba", "triton", "torch"]
 
 
 def sparse_matrix(rng: np.random.Generator, t: int, d: int, density: float) -> np.ndarray:
@@ -17,11 +26,14 @@ def sparse_matrix(rng: np.random.Generator, t: int, d: int, density: float) -> n
     return values.astype(np.float32)
 
 
-def run(parent: np.ndarray, child: np.ndarray, **kwargs: object) -> engine.PairResult:
+def run(
+    parent: np.ndarray, child: np.ndarray, backend: str = "numba", **kwargs: object
+) -> engine.PairResult:
     return engine.score_pair(
         chunks.DenseSource(torch.from_numpy(parent)),
         chunks.DenseSource(torch.from_numpy(child)),
         device="cpu",
+        backend=backend,
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -40,7 +52,7 @@ def as_dict(edges: scores.Edges) -> dict[tuple[int, int], dict[str, float]]:
 
 
 def assert_matches_reference(
-    parent: np.ndarray, child: np.ndarray, result: engine.PairResult, floor: float = 0.2
+    parent: np.ndarray, child: np.ndarray, result: engine.PairResult, floor: float = 0.4
 ) -> None:
     ref = reference.all_pairs(parent, child)
     got = as_dict(result.edges)
@@ -63,13 +75,34 @@ def assert_matches_reference(
     assert (got_q ^ want_q) <= near_t
 
 
-def test_random_data_matches_reference() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_data_matches_reference(backend: str) -> None:
     rng = np.random.default_rng(0)
     parent = sparse_matrix(rng, 400, 12, 0.15)
     child = sparse_matrix(rng, 400, 40, 0.05)
-    result = run(parent, child)
-    assert len(result.edges) > 0
+    result = run(parent, child, backend)
+    assert result.backend == backend and len(result.edges) > 0
     assert_matches_reference(parent, child, result)
+    assert result.n_coactivations == int(((parent > 0).astype(int).T @ (child > 0)).sum())
+    assert result.n_pairs == len(reference.all_pairs(parent, child))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blocks_of_every_size_give_the_same_edges(backend: str) -> None:
+    rng = np.random.default_rng(10)
+    parent = sparse_matrix(rng, 300, 25, 0.12)
+    child = sparse_matrix(rng, 300, 60, 0.06)
+    whole = run(parent, child, backend)
+    assert whole.blocks == [(0, 25)]
+    for entries, rows in ((1, None), (40, None), (10_000, 3)):
+        blocked = run(parent, child, backend, max_block_entries=entries, max_block_rows=rows)
+        assert len(blocked.blocks) > 1
+        assert_matches_reference(parent, child, blocked)
+        got, want = as_dict(blocked.edges), as_dict(whole.edges)
+        assert got.keys() == want.keys()
+        for key, parts in got.items():
+            for name, value in parts.items():
+                assert value == pytest.approx(want[key][name], rel=1e-12), (key, name)
 
 
 def test_latent_statistics() -> None:
@@ -87,7 +120,8 @@ def test_latent_statistics() -> None:
     np.testing.assert_allclose(stats.frequency.numpy(), (parent > 0).mean(axis=0))
 
 
-def test_planted_split_is_found() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_planted_split_is_found(backend: str) -> None:
     # Parent 0 is active on tokens 0..99; children 0 and 1 each take half of them.
     t = 200
     rng = np.random.default_rng(2)
@@ -99,7 +133,7 @@ def test_planted_split_is_found() -> None:
     child[50:100, 1] = acts[50:]
     parent[100:, 1] = rng.uniform(0.1, 1.0, 100)  # noise latents elsewhere
     child[100:, 4] = rng.uniform(0.1, 1.0, 100)
-    result = run(parent, child)
+    result = run(parent, child, backend)
     assert_matches_reference(parent, child, result)
     got = as_dict(result.edges)
     assert got[(0, 0)]["masked_cos"] == pytest.approx(1.0, abs=1e-6)
@@ -114,7 +148,8 @@ def test_planted_split_is_found() -> None:
     assert qualifying == expected
 
 
-def test_adversarial_cases() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adversarial_cases(backend: str) -> None:
     t = 64
     parent = np.zeros((t, 6), np.float32)
     child = np.zeros((t, 6), np.float32)
@@ -131,7 +166,7 @@ def test_adversarial_cases() -> None:
     child[40:50, 2] = 2e30
     parent[50:60, 4] = 1e-30
     child[50:60, 3] = 1e-30
-    result = run(parent, child)
+    result = run(parent, child, backend)
     assert_matches_reference(parent, child, result)
     got = as_dict(result.edges)
     assert got[(2, 1)]["n_coactive"] == 1
@@ -147,7 +182,8 @@ def test_adversarial_cases() -> None:
     assert int(ordered.parent[first]) == 0
 
 
-def test_top_parents_are_kept_below_the_floor() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_top_parents_are_kept_below_the_floor(backend: str) -> None:
     # Above a floor of 1.5 (mcs <= 1; scores here are small) only each child's 3 best remain.
     t = 100
     rng = np.random.default_rng(3)
@@ -156,48 +192,43 @@ def test_top_parents_are_kept_below_the_floor() -> None:
     child[:, 0] = rng.uniform(0.01, 0.02, t)
     for p in range(5):
         parent[p * 20 : p * 20 + 1 + p, p] = 50.0  # tiny overlap, huge parent max
-    result = run(parent, child, params=scores.EdgeParams(store_floor=1.5))
+    params = scores.EdgeParams(store_floor=1.5, top_children=0)
+    result = run(parent, child, backend, params=params)
     ref = reference.all_pairs(parent, child)
-    assert set(as_dict(result.edges)) == reference.stored(ref, 1.5) == {(4, 0), (3, 0), (2, 0)}
+    want = reference.stored(ref, 1.5, top_children=0)
+    assert set(as_dict(result.edges)) == want == {(4, 0), (3, 0), (2, 0)}
     assert len(result.edges) == 3
 
 
-def test_tiles_and_expansion_batches_give_the_same_edges() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_top_children_are_kept_below_the_floor(backend: str) -> None:
+    # One parent over many weak children: above the floor only its 3 best children remain,
+    # and ties go to the lowest child index.
+    t = 120
     rng = np.random.default_rng(4)
-    parent = sparse_matrix(rng, 500, 30, 0.1)
-    child = sparse_matrix(rng, 500, 70, 0.05)
-    whole = run(parent, child)
-    # Room for 50 pairs a tile: child blocks of 35, one parent at a time: 60 tiles.
-    tiny_budget = 50 * 80 + 64 * 256
-    tiled = run(parent, child, memory_budget=tiny_budget, max_coactivations=256)
-    assert len(tiled.tiles) == 60
-    got, want = as_dict(tiled.edges), as_dict(whole.edges)
-    assert got.keys() == want.keys()
-    for key, parts in got.items():
-        for name, value in parts.items():
-            assert value == pytest.approx(want[key][name], rel=1e-12)
-    assert tiled.n_coactivations == whole.n_coactivations
+    parent = np.zeros((t, 1), np.float32)
+    child = np.zeros((t, 8), np.float32)
+    parent[:, 0] = 50.0
+    for c in range(8):
+        child[c * 15 : c * 15 + 1 + c % 4, c] = rng.uniform(0.01, 0.02) if c < 6 else 0.02
+    params = scores.EdgeParams(store_floor=1.5, top_parents=0)
+    result = run(parent, child, backend, params=params)
+    ref = reference.all_pairs(parent, child)
+    want = reference.stored(ref, 1.5, top_parents=0)
+    assert set(as_dict(result.edges)) == want and len(want) == 3
 
 
-def test_plan_tiles_covers_every_pair_once() -> None:
-    tiles = engine.plan_tiles(
-        1000, 3000, memory_budget=(1 << 24) * 64 + 80 * 400_000, max_coactivations=1 << 24
-    )
-    covered = np.zeros((1000, 3000), np.int8)
-    for tile in tiles:
-        covered[tile.p0 : tile.p1, tile.c0 : tile.c1] += 1
-        assert tile.shape[0] * tile.shape[1] <= 400_000
-    assert (covered == 1).all()
-
-
-def test_plan_for_large_widths_fits_16_gib() -> None:
-    for d_p, d_c in ((65536, 262144), (262144, 1 << 20)):
-        tiles = engine.plan_tiles(
-            d_p, d_c, memory_budget=16 * engine.GiB, max_coactivations=1 << 24
-        )
-        assert sum(t.shape[0] * t.shape[1] for t in tiles) == d_p * d_c
-        largest = max(t.shape[0] * t.shape[1] for t in tiles)
-        assert largest * 80 + (1 << 24) * 64 <= 16 * engine.GiB
+def test_plan_blocks_covers_every_latent_once() -> None:
+    rng = np.random.default_rng(6)
+    entries = rng.integers(0, 50, 1000)
+    entries[17] = 500  # one latent above the budget gets a block of its own
+    blocks = layout.plan_blocks(entries, max_cost=200, max_rows=64)
+    assert blocks[0][0] == 0 and blocks[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
+    for lo, hi in blocks:
+        assert hi - lo <= 64
+        assert entries[lo:hi].sum() <= 200 or hi - lo == 1
+    assert (17, 18) in blocks
 
 
 def test_sources_agree_topk_csr_dense() -> None:

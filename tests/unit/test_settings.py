@@ -11,11 +11,15 @@ from tests.conftest import cli_env, run_cli
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    for name in [k for k in os.environ if k.startswith("LATENT_TREES_")]:
+        monkeypatch.delenv(name)  # a user's exported LATENT_TREES_HOME is not a default
     config = settings.load()
     assert config.database_url is None
     assert config.threshold == 0.6
-    assert config.store_floor == 0.2
+    assert config.store_floor == 0.4
     assert config.min_active_tokens == 10
     assert config.device == "auto"
     assert config.home.name == "latent-trees"

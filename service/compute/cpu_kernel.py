@@ -1,0 +1,360 @@
+"""The CPU kernel: every pair of a block of parent latents with the child, in one compiled pass.
+
+Sparse Gustavson, one parent latent (a row) at a time, rows spread over threads: walk the row's
+active tokens (latent-major), and for each the child latents active on that token (token-major),
+accumulating the four sums in the thread's dense row (float64) while listing the children the
+row touched. Then only the touched children are scored (`scores.parts`), the candidates are
+emitted, and the touched entries are reset. Work follows the co-activations; memory is the
+block's entries plus, per thread, a few arrays of d_sae(child).
+
+Candidates (a superset of the stored edges; `scores.finalize` picks them exactly): pairs above
+the floor; the row's `top_children` best; and a pair whose score reaches its child's running
+`top_parents`-th best score among the pairs this thread scored in this block (a pair of a
+child's final top parents always does: fewer than that many pairs beat it anywhere).
+
+Ceilings, for the benchmark case 4k -> 16k, 200k tokens, L0 64 (8.4e8 co-activations, 2 cores):
+operations: 4 multiply-adds and a compare per co-activation, ~1e9/s per core at best -> ~0.5 s;
+bytes: each co-activation reads 8 bytes of the child's entry and updates 28 bytes of a row held
+in cache (16k x 28 B = 460 KB fits L2), so the core's latency of dependent loads is the limit,
+not DRAM bandwidth. Measured: see the README (`python -m bench.engine`).
+
+`score_rows.py_func` is the same function uncompiled: the plain reference the tests compare the
+compiled kernel to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from service.compute import layout, scores
+
+_parts = numba.njit(error_model="numpy", cache=True)(scores.parts)
+_above_floor = numba.njit(cache=True)(scores.above_floor)
+
+
+# One cache line per child latent in each thread's row: ab, aa, bb, n, then the child's running
+# best scores (up to MAX_TOP_PARENTS), so that a co-activation and a pair's scoring touch one line.
+LINE = 8
+MAX_TOP_PARENTS = LINE - 4
+
+
+# Candidates a thread can hold per kernel call, all threads together (a row always fits).
+CALL_CANDIDATES = 1 << 23
+
+
+@dataclass
+class Scratch:
+    """Per-thread working memory, reused across blocks: a row of lines, candidates."""
+
+    lines: np.ndarray  # [threads, d_child, LINE], each line 64-byte aligned
+    touched: np.ndarray  # [threads, d_child]
+    out_row: np.ndarray
+    out_child: np.ndarray
+    out_parts: np.ndarray  # masked_cos, masked_cos_parent, max_ratio, score
+    out_n: np.ndarray
+    out_top: np.ndarray  # among its parent's top_children (exact: a row is whole in a call)
+
+    @classmethod
+    def new(cls, n_threads: int, d_child: int, capacity: int | None = None) -> Scratch:
+        cap = capacity or max(d_child, CALL_CANDIDATES // n_threads)
+        z = np.zeros
+        return cls(
+            _aligned_lines(n_threads, d_child),
+            z((n_threads, d_child), np.int32),
+            z((n_threads, cap), np.int32),
+            z((n_threads, cap), np.int32),
+            z((n_threads, cap, 4)),
+            z((n_threads, cap), np.int32),
+            z((n_threads, cap), np.bool_),
+        )
+
+    @property
+    def capacity(self) -> int:
+        return int(self.out_row.shape[1])
+
+
+def _aligned_lines(n_threads: int, d_child: int) -> np.ndarray:
+    raw = np.zeros(n_threads * d_child * LINE + LINE, np.float64)
+    skip = (-raw.ctypes.data % 64) // 8
+    return raw[skip : skip + n_threads * d_child * LINE].reshape(n_threads, d_child, LINE)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A block's candidate pairs: parent (row of the block) and child indices, parts, counts."""
+
+    row: np.ndarray
+    child: np.ndarray
+    parts: np.ndarray  # [n, 4]
+    n_coactive: np.ndarray
+    parent_top: np.ndarray  # among its parent's top_children
+    n_coactivations: int
+    n_pairs: int  # distinct co-active pairs scored
+
+
+def score_block(
+    block: layout.LatentMajor,
+    child: layout.TokenMajor,
+    p_sum_sq: np.ndarray,
+    p_max: np.ndarray,
+    c_sum_sq: np.ndarray,
+    c_max: np.ndarray,
+    floor: float,
+    top_parents: int,
+    top_children: int,
+    scratch: Scratch,
+    kernel: Callable[..., None] | None = None,
+) -> Candidates:
+    """The candidates of one block, in calls over runs of rows whose candidates cannot exceed
+    a thread's room (a row emits at most the pairs it touched). `kernel`: `score_rows`
+    (default) or its uncompiled `score_rows.py_func`."""
+    if top_parents > MAX_TOP_PARENTS:
+        raise ValueError(
+            f"top_parents {top_parents}: the CPU kernel keeps at most {MAX_TOP_PARENTS}"
+        )
+    if scratch.capacity < child.d_sae:
+        raise ValueError("the scratch must hold at least one row's candidates")
+    kernel = kernel or score_rows
+    scratch.lines[:, :, 4:] = -np.inf  # running best scores start afresh in each block
+    bound = np.minimum(layout.coactivations(block, child), child.d_sae)
+    calls = layout.plan_blocks(bound, scratch.capacity)
+    threads = scratch.out_row.shape[0]
+    coacts = np.zeros((threads, 2), np.int64)  # co-activations, pairs
+    found: list[tuple[np.ndarray, ...]] = []
+    args = (
+        np.asarray(child.indptr),
+        np.asarray(child.indices),
+        np.asarray(child.values),
+        p_sum_sq[block.lo : block.hi].astype(np.float64),
+        p_max[block.lo : block.hi].astype(np.float64),
+        c_sum_sq.astype(np.float64),
+        c_max.astype(np.float64),
+        float(floor),
+        top_parents,
+        top_children,
+    )
+    for r0, r1 in calls:
+        counts = np.zeros(threads, np.int64)
+        kernel(
+            block.indptr[r0 : r1 + 1],
+            block.tokens,
+            block.values,
+            r0,
+            *args,
+            scratch.lines,
+            scratch.touched,
+            scratch.out_row,
+            scratch.out_child,
+            scratch.out_parts,
+            scratch.out_n,
+            scratch.out_top,
+            counts,
+            coacts,
+        )
+        for t, n in enumerate(counts.tolist()):
+            if n:
+                found.append(
+                    (
+                        scratch.out_row[t, :n].copy(),
+                        scratch.out_child[t, :n].copy(),
+                        scratch.out_parts[t, :n].copy(),
+                        scratch.out_n[t, :n].copy(),
+                        scratch.out_top[t, :n].copy(),
+                    )
+                )
+    empty = (
+        np.zeros(0, np.int32),
+        np.zeros(0, np.int32),
+        np.zeros((0, 4)),
+        np.zeros(0, np.int32),
+        np.zeros(0, np.bool_),
+    )
+    row, child_, parts, n_coactive, parent_top = (
+        np.concatenate([f[i] for f in found]) if found else empty[i] for i in range(5)
+    )
+    return Candidates(
+        row, child_, parts, n_coactive, parent_top, int(coacts[:, 0].sum()), int(coacts[:, 1].sum())
+    )
+
+
+@numba.njit(error_model="numpy", cache=True, nogil=True)
+def _emit(
+    tid: int,
+    r: int,
+    c: int,
+    mc: float,
+    mcp: float,
+    ratio: float,
+    s: float,
+    count: float,
+    out_row: np.ndarray,
+    out_child: np.ndarray,
+    out_parts: np.ndarray,
+    out_n: np.ndarray,
+    out_top: np.ndarray,
+    top: bool,
+    counts: np.ndarray,
+) -> int:
+    slot = counts[tid]
+    out_row[tid, slot] = r
+    out_child[tid, slot] = c
+    out_parts[tid, slot, 0] = mc
+    out_parts[tid, slot, 1] = mcp
+    out_parts[tid, slot, 2] = ratio
+    out_parts[tid, slot, 3] = s
+    out_n[tid, slot] = np.int32(count)
+    out_top[tid, slot] = top
+    counts[tid] = slot + 1
+    return slot
+
+
+@numba.njit(parallel=True, error_model="numpy", cache=True, nogil=True)
+def score_rows(
+    p_indptr: np.ndarray,
+    p_tokens: np.ndarray,
+    p_values: np.ndarray,
+    row_offset: int,
+    c_indptr: np.ndarray,
+    c_indices: np.ndarray,
+    c_values: np.ndarray,
+    p_sum_sq: np.ndarray,
+    p_max: np.ndarray,
+    c_sum_sq: np.ndarray,
+    c_max: np.ndarray,
+    floor: float,
+    top_parents: int,
+    top_children: int,
+    lines_all: np.ndarray,
+    touched_all: np.ndarray,
+    out_row: np.ndarray,
+    out_child: np.ndarray,
+    out_parts: np.ndarray,
+    out_n: np.ndarray,
+    out_top: np.ndarray,
+    counts: np.ndarray,
+    coacts: np.ndarray,
+) -> None:
+    """Score rows row_offset + [0, len(p_indptr) - 1) of the block (see the module docstring);
+    candidates go to each thread's out_* arrays, counted in `counts`."""
+    n_rows = len(p_indptr) - 1
+    k_row = max(top_children, 1)
+    for i_row in numba.prange(n_rows):
+        r = i_row + row_offset
+        tid = numba.get_thread_id()
+        lines = lines_all[tid]
+        touched = touched_all[tid]
+        n_touched = 0
+        row_coacts = 0
+        for j in range(p_indptr[i_row], p_indptr[i_row + 1]):
+            t = p_tokens[j]
+            a = np.float64(p_values[j])
+            a2 = a * a
+            lo, hi = c_indptr[t], c_indptr[t + 1]
+            row_coacts += hi - lo
+            for e in range(lo, hi):
+                c = c_indices[e]
+                b = np.float64(c_values[e])
+                line = lines[c]
+                if line[3] == 0.0:
+                    touched[n_touched] = c
+                    n_touched += 1
+                line[0] += a * b
+                line[1] += a2
+                line[2] += b * b
+                line[3] += 1.0
+        coacts[tid, 0] += row_coacts  # once per row: the threads' counters share a cache line
+        coacts[tid, 1] += n_touched
+        # The row's best children so far (score desc, child asc) with their parts; a pair that
+        # enters and is not emitted for another reason is emitted after the row.
+        top_s = np.full(k_row, -np.inf)
+        top_c = np.full(k_row, -1, np.int64)
+        top_p = np.zeros((k_row, 5))
+        top_slot = np.full(k_row, -1, np.int64)  # where it was emitted, -1: not yet
+        for i in range(n_touched):
+            c = touched[i]
+            line = lines[c]
+            mc, mcp, ratio, s = _parts(
+                line[0], line[1], line[2], p_sum_sq[r], c_sum_sq[c], p_max[r], c_max[c]
+            )
+            count = line[3]
+            line[0] = 0.0
+            line[1] = 0.0
+            line[2] = 0.0
+            line[3] = 0.0
+            if not np.isfinite(s):
+                continue
+            keep = _above_floor(s, max(mc, mcp), floor)  # max(...): mcs, as in Edges.mcs
+            if top_parents > 0 and s >= line[3 + top_parents]:
+                keep = True  # among the child's best parents this thread has seen
+                pos = top_parents - 1
+                while pos > 0 and s > line[3 + pos]:
+                    line[4 + pos] = line[3 + pos]
+                    pos -= 1
+                line[4 + pos] = s
+            slot = -1
+            if keep:
+                slot = _emit(
+                    tid,
+                    r,
+                    c,
+                    mc,
+                    mcp,
+                    ratio,
+                    s,
+                    count,
+                    out_row,
+                    out_child,
+                    out_parts,
+                    out_n,
+                    out_top,
+                    False,
+                    counts,
+                )
+            if top_children > 0:
+                pos = k_row
+                while pos > 0 and (
+                    s > top_s[pos - 1] or (s == top_s[pos - 1] and c < top_c[pos - 1])
+                ):
+                    pos -= 1
+                if pos < k_row:
+                    for q in range(k_row - 1, pos, -1):
+                        top_s[q] = top_s[q - 1]
+                        top_c[q] = top_c[q - 1]
+                        top_p[q] = top_p[q - 1]
+                        top_slot[q] = top_slot[q - 1]
+                    top_s[pos] = s
+                    top_c[pos] = c
+                    top_p[pos, 0] = mc
+                    top_p[pos, 1] = mcp
+                    top_p[pos, 2] = ratio
+                    top_p[pos, 3] = s
+                    top_p[pos, 4] = count
+                    top_slot[pos] = slot
+        if top_children > 0:
+            for q in range(k_row):
+                if top_c[q] < 0:
+                    continue
+                if top_slot[q] >= 0:
+                    out_top[tid, top_slot[q]] = True
+                else:
+                    _emit(
+                        tid,
+                        r,
+                        top_c[q],
+                        top_p[q, 0],
+                        top_p[q, 1],
+                        top_p[q, 2],
+                        top_p[q, 3],
+                        top_p[q, 4],
+                        out_row,
+                        out_child,
+                        out_parts,
+                        out_n,
+                        out_top,
+                        True,
+                        counts,
+                    )

@@ -1,0 +1,201 @@
+"""The two layouts of activations the engine walks: token-major (CSR) and latent-major (CSC).
+
+For one block of parent latents the engine walks each latent's active tokens (latent-major)
+and, for each, the child latents active on that token (token-major). The store already holds
+every sae token-major, so the child is read in place (memory-mapped); the parent's block is
+gathered latent-major by one counting pass over the parent's entries.
+
+The four sums of a pair (p, c), over the tokens where both are active, follow from these walks:
+
+    ab = sum a*b,   aa = sum a^2 [b>0],   bb = sum b^2 [a>0],   n = #co-active tokens
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numba
+import numpy as np
+import torch
+
+from service.compute import chunks as chunks_
+
+
+@dataclass(frozen=True)
+class TokenMajor:
+    """CSR over tokens: the entries of token t are [indptr[t], indptr[t+1])."""
+
+    indptr: np.ndarray  # int64 [T+1]
+    indices: np.ndarray  # int32 [nnz], latent index
+    values: np.ndarray  # float32 [nnz], > 0
+    d_sae: int
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+
+@dataclass(frozen=True)
+class LatentMajor:
+    """CSC for latents [lo, hi): the entries of latent lo + i are [indptr[i], indptr[i+1])."""
+
+    lo: int
+    hi: int
+    indptr: np.ndarray  # int64 [hi - lo + 1]
+    tokens: np.ndarray  # int32 [nnz], sorted within each latent
+    values: np.ndarray  # float32 [nnz]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+
+@runtime_checkable
+class HasTokenMajor(Protocol):
+    """A source that holds its activations token-major already (the store, in-memory CSR)."""
+
+    def token_major(self) -> TokenMajor: ...
+
+
+def token_major(source: chunks_.ChunkSource, chunk_tokens: int = 1 << 16) -> TokenMajor:
+    """The source token-major: in place when it is stored so, else gathered chunk by chunk."""
+    if isinstance(source, HasTokenMajor):
+        return source.token_major()
+    if source.n_tokens >= 1 << 31:
+        raise ValueError(f"{source.n_tokens} tokens: at most 2**31 - 1 are supported")
+    if isinstance(source, chunks_.CsrSource) and bool((source.values > 0).all()):
+        return TokenMajor(  # already token-major, every entry active: no copy on the CPU
+            source.indptr.cpu().numpy().astype(np.int64, copy=False),
+            source.indices.cpu().numpy().astype(np.int32, copy=False),
+            source.values.cpu().numpy().astype(np.float32, copy=False),
+            source.d_sae,
+        )
+    counts, indices, values = [], [], []
+    for chunk in source.chunks(chunk_tokens):
+        counts.append(np.bincount(chunk.rows.cpu().numpy(), minlength=chunk.n_tokens))
+        indices.append(chunk.cols.cpu().numpy().astype(np.int32))
+        values.append(chunk.values.cpu().numpy().astype(np.float32))
+    indptr = np.zeros(source.n_tokens + 1, np.int64)
+    if counts:
+        np.cumsum(np.concatenate(counts), out=indptr[1:])
+    return TokenMajor(
+        indptr,
+        np.concatenate(indices) if indices else np.zeros(0, np.int32),
+        np.concatenate(values) if values else np.zeros(0, np.float32),
+        source.d_sae,
+    )
+
+
+def latent_major(rows: TokenMajor, lo: int, hi: int) -> LatentMajor:
+    """The entries of latents [lo, hi), latent-major, tokens ascending within each latent."""
+    counts = _count(rows.indices, lo, hi)
+    indptr = np.zeros(hi - lo + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    tokens = np.empty(int(indptr[-1]), np.int32)
+    values = np.empty(int(indptr[-1]), np.float32)
+    _scatter(rows.indptr, rows.indices, rows.values, lo, hi, indptr, tokens, values)
+    return LatentMajor(lo, hi, indptr, tokens, values)
+
+
+def plan_blocks(
+    cost_per_latent: np.ndarray, max_cost: int, max_rows: int | None = None
+) -> list[tuple[int, int]]:
+    """Consecutive ranges of latents, each costing at most `max_cost` (a latent that costs
+    more gets a range of its own) and holding at most `max_rows` latents."""
+    d = len(cost_per_latent)
+    max_rows = d if max_rows is None else max(1, max_rows)
+    ends = np.cumsum(cost_per_latent)
+    blocks, lo = [], 0
+    while lo < d:
+        base = ends[lo - 1] if lo else 0
+        hi = int(np.searchsorted(ends, base + max_cost, side="right"))
+        hi = min(max(hi, lo + 1), lo + max_rows, d)
+        blocks.append((lo, hi))
+        lo = hi
+    return blocks
+
+
+def block_nnz(rows: TokenMajor) -> np.ndarray:
+    """Entries per latent (int64 [d_sae]): what a block of latents costs to gather."""
+    return _count(rows.indices, 0, rows.d_sae)
+
+
+def coactivations(block: LatentMajor, child: TokenMajor) -> np.ndarray:
+    """Co-activations of each latent of the block with the child (int64 [hi - lo])."""
+    per_token = np.diff(child.indptr)
+    out = np.zeros(block.hi - block.lo, np.int64)
+    _row_sums(block.indptr, block.tokens, per_token, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _count(indices: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    counts = np.zeros(hi - lo, np.int64)
+    for i in range(len(indices)):
+        c = indices[i]
+        if lo <= c < hi:
+            counts[c - lo] += 1
+    return counts
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    values: np.ndarray,
+    lo: int,
+    hi: int,
+    out_ptr: np.ndarray,
+    out_tokens: np.ndarray,
+    out_values: np.ndarray,
+) -> None:
+    fill = out_ptr[:-1].copy()
+    for t in range(len(indptr) - 1):  # tokens in order: each latent's tokens come out sorted
+        for e in range(indptr[t], indptr[t + 1]):
+            c = indices[e]
+            if lo <= c < hi:
+                k = fill[c - lo]
+                out_tokens[k] = t
+                out_values[k] = values[e]
+                fill[c - lo] = k + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_sums(
+    indptr: np.ndarray, tokens: np.ndarray, per_token: np.ndarray, out: np.ndarray
+) -> None:
+    for r in range(len(indptr) - 1):
+        total = 0
+        for j in range(indptr[r], indptr[r + 1]):
+            total += per_token[tokens[j]]
+        out[r] = total
+
+
+def latent_major_on(rows: TokenMajor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Every latent's entries latent-major on `device` (indptr [d+1], tokens, values), by one
+    stable sort there: a block of latents [lo, hi) is then the slice indptr[lo]:indptr[hi]."""
+    indptr, indices, values = as_tensors(rows, device)
+    token_of = torch.repeat_interleave(
+        torch.arange(rows.n_tokens, device=device, dtype=torch.int32),
+        indptr.diff(),
+        output_size=len(indices),
+    )
+    order = torch.sort(indices, stable=True).indices  # tokens stay ascending within a latent
+    counts = torch.bincount(indices.long(), minlength=rows.d_sae)
+    latent_ptr = torch.zeros(rows.d_sae + 1, dtype=torch.int64, device=device)
+    torch.cumsum(counts, 0, out=latent_ptr[1:])
+    return latent_ptr, token_of[order], values[order]
+
+
+def as_tensors(x: LatentMajor | TokenMajor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The layout's arrays as tensors on `device` (int64 pointers, int32 indices, float32)."""
+    if isinstance(x, LatentMajor):
+        arrays = (x.indptr, x.tokens, x.values)
+    else:
+        arrays = (x.indptr, x.indices, x.values)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays)
