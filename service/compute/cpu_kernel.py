@@ -83,17 +83,57 @@ def _aligned_lines(n_threads: int, d_child: int) -> np.ndarray:
     return raw[skip : skip + n_threads * d_child * LINE].reshape(n_threads, d_child, LINE)
 
 
-@dataclass(frozen=True)
-class Candidates:
-    """A block's candidate pairs: parent (row of the block) and child indices, parts, counts."""
+# A block's candidates, column by column, in the dtypes of `scores.DTYPES` (and parent_top).
+COLUMNS = {
+    "parent": np.int32,
+    "child": np.int32,
+    "masked_cos": np.float32,
+    "masked_cos_parent": np.float32,
+    "max_ratio": np.float32,
+    "score": np.float64,
+    "n_coactive": np.int32,
+    "parent_top": np.bool_,  # among its parent's top_children (exact: a row is whole in a call)
+}
 
-    row: np.ndarray
-    child: np.ndarray
-    parts: np.ndarray  # [n, 4]
-    n_coactive: np.ndarray
-    parent_top: np.ndarray  # among its parent's top_children
-    n_coactivations: int
-    n_pairs: int  # distinct co-active pairs scored
+
+@dataclass
+class Candidates:
+    """A block's candidate pairs (latent indices, score parts, counts) and what they cost."""
+
+    columns: dict[str, np.ndarray]
+    n_coactivations: int = 0
+    n_pairs: int = 0  # distinct co-active pairs scored
+    size: int = 0
+
+    @classmethod
+    def empty(cls, capacity: int) -> Candidates:
+        return cls({k: np.empty(capacity, dt) for k, dt in COLUMNS.items()})
+
+    def reserve(self, capacity: int) -> None:
+        """Room for `capacity` candidates (copies what is there when it grows)."""
+        if capacity <= len(self.columns["parent"]):
+            return
+        for k, col in self.columns.items():
+            new = np.empty(capacity, col.dtype)
+            new[: self.size] = col[: self.size]
+            self.columns[k] = new
+
+    def take(self, scratch: Scratch, thread: int, n: int, row_offset: int) -> None:
+        """Append a thread's n candidates from the scratch (one copy, into the final dtypes)."""
+        if self.size + n > len(self.columns["parent"]):
+            self.reserve(max(2 * len(self.columns["parent"]), self.size + n))
+        at = slice(self.size, self.size + n)
+        c = self.columns
+        np.add(scratch.out_row[thread, :n], row_offset, out=c["parent"][at])
+        c["child"][at] = scratch.out_child[thread, :n]
+        for i, name in enumerate(("masked_cos", "masked_cos_parent", "max_ratio", "score")):
+            c[name][at] = scratch.out_parts[thread, :n, i]
+        c["n_coactive"][at] = scratch.out_n[thread, :n]
+        c["parent_top"][at] = scratch.out_top[thread, :n]
+        self.size += n
+
+    def column(self, name: str) -> np.ndarray:
+        return self.columns[name][: self.size]
 
 
 def score_block(
@@ -124,7 +164,6 @@ def score_block(
     calls = layout.plan_blocks(bound, scratch.capacity)
     threads = scratch.out_row.shape[0]
     coacts = np.zeros((threads, 2), np.int64)  # co-activations, pairs
-    found: list[tuple[np.ndarray, ...]] = []
     args = (
         np.asarray(child.indptr),
         np.asarray(child.indices),
@@ -137,6 +176,7 @@ def score_block(
         top_parents,
         top_children,
     )
+    found = Candidates.empty(scratch.capacity)
     for r0, r1 in calls:
         counts = np.zeros(threads, np.int64)
         kernel(
@@ -155,30 +195,14 @@ def score_block(
             counts,
             coacts,
         )
+        # Grow once to what the block will need at this rate, not by doubling.
+        done = bound[:r1].sum()
+        found.reserve(int((found.size + counts.sum()) * bound.sum() / max(done, 1) * 1.05))
         for t, n in enumerate(counts.tolist()):
-            if n:
-                found.append(
-                    (
-                        scratch.out_row[t, :n].copy(),
-                        scratch.out_child[t, :n].copy(),
-                        scratch.out_parts[t, :n].copy(),
-                        scratch.out_n[t, :n].copy(),
-                        scratch.out_top[t, :n].copy(),
-                    )
-                )
-    empty = (
-        np.zeros(0, np.int32),
-        np.zeros(0, np.int32),
-        np.zeros((0, 4)),
-        np.zeros(0, np.int32),
-        np.zeros(0, np.bool_),
-    )
-    row, child_, parts, n_coactive, parent_top = (
-        np.concatenate([f[i] for f in found]) if found else empty[i] for i in range(5)
-    )
-    return Candidates(
-        row, child_, parts, n_coactive, parent_top, int(coacts[:, 0].sum()), int(coacts[:, 1].sum())
-    )
+            found.take(scratch, t, n, block.lo)
+    found.n_coactivations = int(coacts[:, 0].sum())
+    found.n_pairs = int(coacts[:, 1].sum())
+    return found
 
 
 @numba.njit(error_model="numpy", cache=True, nogil=True)

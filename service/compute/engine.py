@@ -133,7 +133,8 @@ def score_pair(
         n_pairs += pairs
         if on_block is not None:
             on_block(i + 1, len(blocks))
-    edges = scores_.finalize(scores_.Edges.concat(found), params, torch.cat(tops))
+    top = tops[0] if len(tops) == 1 else torch.cat(tops)
+    edges = scores_.finalize(scores_.Edges.concat(found), params, top)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     return PairResult(
@@ -183,13 +184,9 @@ def _numba_blocks(
                 params.top_children,
                 scratch,
             )
-        edges = scores_.Edges.of(
-            found.row + lo,
-            found.child,
-            *(found.parts[:, i] for i in range(4)),
-            found.n_coactive,
-        )
-        yield edges, torch.from_numpy(found.parent_top), found.n_coactivations, found.n_pairs
+        edges = scores_.Edges.of(*(found.column(f) for f in scores_.DTYPES))
+        top = torch.from_numpy(found.column("parent_top"))
+        yield edges, top, found.n_coactivations, found.n_pairs
 
 
 def _device_blocks(

@@ -109,12 +109,23 @@ class Edges:
         """All edges of `parts`, in order."""
         if not parts:
             return empty()
+        if len(parts) == 1:
+            return parts[0]
         return Edges(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(Edges)))
 
     def sorted(self) -> Edges:
         """Ordered by child, then score descending, then parent: best parents first."""
         order, _rank = order_and_rank(self.child, self.score, self.parent)
         return self.select(order)
+
+    def compact(self, keep: Tensor) -> Edges:
+        """The edges at mask `keep`, moved to the front of these very columns (no copy: the
+        candidates are consumed; tens of millions of rows)."""
+        mask = keep.numpy()
+        n = 0
+        for f in fields(self):
+            n = _compact(getattr(self, f.name).numpy(), mask)
+        return Edges(*(getattr(self, f.name)[:n] for f in fields(self)))
 
     @staticmethod
     def from_sums(
@@ -146,6 +157,16 @@ class Edges:
     def cpu(self) -> Edges:
         """The same edges as CPU tensors."""
         return Edges(*(getattr(self, f.name).cpu() for f in fields(self)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _compact(column: np.ndarray, keep: np.ndarray) -> int:
+    n = 0
+    for i in range(len(keep)):
+        if keep[i]:
+            column[n] = column[i]
+            n += 1
+    return n
 
 
 def _pick(column: Tensor, at: np.ndarray) -> Tensor:
@@ -181,13 +202,12 @@ def finalize(candidates: Edges, params: EdgeParams, parent_top: Tensor | None = 
     if not bool(finite.all()):
         c = c.select(finite)
         parent_top = None if parent_top is None else parent_top[finite]
-    _by_child, child_rank = order_and_rank(c.child, c.score, c.parent)
     if parent_top is None:
-        parent_top = order_and_rank(c.parent, c.score, c.child)[1] < params.top_children
+        parent_top = _top(c.parent, c.score, c.child, params.top_children)
     keep = above_floor(c.score, c.mcs, params.store_floor)
-    keep |= child_rank < params.top_parents
+    keep |= _top(c.child, c.score, c.parent, params.top_parents)
     keep |= parent_top
-    return c.select(keep)
+    return c.compact(keep)
 
 
 def _rank(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
@@ -205,6 +225,42 @@ def _rank(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
     rank = torch.empty_like(position)
     rank[order] = position - run_start
     return rank
+
+
+def _top(group: Tensor, score: Tensor, tie: Tensor, k: int) -> Tensor:
+    """Whether each pair is among its group's k best (score desc, then `tie` asc): one pass
+    keeping each group's k best so far, one pass comparing with the k-th (CPU tensors)."""
+    if len(group) == 0 or k <= 0:
+        return torch.zeros(len(group), dtype=torch.bool)
+    g = group.numpy()
+    return torch.from_numpy(_top_k(g, score.numpy(), tie.numpy(), int(g.max()) + 1, k))
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_k(
+    group: np.ndarray, score: np.ndarray, tie: np.ndarray, n_groups: int, k: int
+) -> np.ndarray:
+    best_s = np.full((n_groups, k), -np.inf)
+    best_t = np.full((n_groups, k), np.iinfo(np.int64).max)
+    for i in range(len(group)):
+        g, s, t = group[i], score[i], tie[i]
+        pos = k
+        while pos > 0 and (
+            s > best_s[g, pos - 1] or (s == best_s[g, pos - 1] and t < best_t[g, pos - 1])
+        ):
+            pos -= 1
+        if pos < k:
+            for q in range(k - 1, pos, -1):
+                best_s[g, q] = best_s[g, q - 1]
+                best_t[g, q] = best_t[g, q - 1]
+            best_s[g, pos] = s
+            best_t[g, pos] = t
+    keep = np.zeros(len(group), np.bool_)
+    for i in range(len(group)):
+        g, s, t = group[i], score[i], tie[i]
+        ks, kt = best_s[g, k - 1], best_t[g, k - 1]
+        keep[i] = s > ks or (s == ks and t <= kt)
+    return keep
 
 
 def order_and_rank(group: Tensor, score: Tensor, tie: Tensor) -> tuple[Tensor, Tensor]:

@@ -43,10 +43,8 @@ def _candidates(
 
 def _as_dict(found: cpu_kernel.Candidates) -> dict[tuple[int, int], tuple]:
     return {
-        (int(r), int(c)): (*parts.tolist(), int(n), bool(top))
-        for r, c, parts, n, top in zip(
-            found.row, found.child, found.parts, found.n_coactive, found.parent_top, strict=True
-        )
+        (int(row[0]), int(row[1])): tuple(float(v) for v in row[2:])
+        for row in zip(*(found.column(name) for name in cpu_kernel.COLUMNS), strict=True)
     }
 
 

@@ -269,3 +269,15 @@ def test_cpu_device_auto_and_unavailable_cuda() -> None:
         assert device.resolve("auto").type == "cpu"
         with pytest.raises(errors.ServiceError, match="CUDA is not available"):
             device.resolve("cuda")
+
+
+def test_the_top_k_rule_is_the_same_compiled_and_in_torch() -> None:
+    # Ties in score are frequent here: they go to the lowest index in both implementations.
+    rng = np.random.default_rng(8)
+    group = torch.from_numpy(rng.integers(0, 50, 5000).astype(np.int32))
+    score = torch.from_numpy(rng.integers(0, 6, 5000).astype(np.float64) / 5)
+    tie = torch.from_numpy(rng.permutation(5000).astype(np.int32))
+    for k in (1, 3):
+        compiled = scores._top(group, score, tie, k)
+        in_torch = scores._rank(group, score, tie) < k
+        assert torch.equal(compiled, in_torch) and int(compiled.sum()) == 50 * k
