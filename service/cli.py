@@ -32,7 +32,9 @@ db_app = typer.Typer(help="The database: migrations, URL, embedded server.", no_
 family_app = typer.Typer(help="Families of saes.", no_args_is_help=True)
 sae_app = typer.Typer(help="Saes of a family.", no_args_is_help=True)
 store_app = typer.Typer(help="The store of activations and model inputs.", no_args_is_help=True)
+job_app = typer.Typer(help="Jobs: list them, retry a failed one.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(job_app, name="job")
 app.add_typer(store_app, name="store")
 app.add_typer(family_app, name="family")
 app.add_typer(sae_app, name="sae")
@@ -207,6 +209,71 @@ def sae_link(
     out.print(f"sae {name}: neuronpedia {neuronpedia or 'unlinked'}", markup=False)
 
 
+@sae_app.command("delete")
+def sae_delete(name: Annotated[str, typer.Argument(help="The sae, e.g. S/2.")]) -> None:
+    """Remove an sae with its latents, edges and jobs, and plan the job its removal makes
+    adjacent (next smaller -> next larger)."""
+    from service import saes
+
+    done = saes.delete(_engine(), settings.get(), name)
+    planned = f"; job planned: {done.job_ids[0]}" if done.job_ids else ""
+    out.print(
+        f"sae {done.name} deleted: {done.n_latents:,} latents, {done.n_edges:,} edges{planned}",
+        markup=False,
+    )
+
+
+class JobState(StrEnum):
+    pending = "pending"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+@job_app.command("list")
+def job_list(
+    state: Annotated[
+        JobState | None, typer.Option("--state", help="Only jobs in this state.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Jobs with their state, attempts, worker, lease, error and timings."""
+    from service.db import jobs
+
+    with _engine().connect() as conn:
+        rows = jobs.listing(conn, state.value if state else None)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table("id", "pair", "state", "attempts", "worker", "lease", "edges", "seconds", "error")
+    for r in rows:
+        lease = "-"
+        if r["lease_until"] is not None:
+            lease = "expired" if r["lease_expired"] else f"until {r['lease_until']:%H:%M:%S}"
+        table.add_row(
+            str(r["id"]),
+            f"{r['parent']} -> {r['child']}",
+            r["state"],
+            f"{r['attempts']}/{r['max_attempts']}",
+            r["worker"] or "-",
+            lease,
+            f"{r['n_edges']:,}" if r["n_edges"] is not None else "-",
+            f"{r['seconds']:.1f}" if r["seconds"] is not None and r["state"] != "running" else "-",
+            (r["error"] or "")[:80],
+        )
+    out.print(table)
+
+
+@job_app.command("retry")
+def job_retry(job_id: Annotated[int, typer.Argument(help="The failed job's id.")]) -> None:
+    """Run a failed job again: back to pending, with a fresh count of attempts."""
+    from service.db import jobs
+
+    with _engine().begin() as conn:
+        jobs.retry(conn, job_id)
+    out.print(f"job {job_id} is pending again")
+
+
 @store_app.command("gc")
 def store_gc() -> None:
     """Remove store entries that no sae or family references, and the temporary folders of
@@ -303,6 +370,7 @@ def worker_cmd(
     ] = None,
 ) -> None:
     """Run jobs: with --once until none is pending, else until stopped (SIGTERM, Ctrl-C)."""
+    from service.db import jobs
     from service.jobs import edges, worker
 
     config = settings.get()
@@ -318,8 +386,17 @@ def worker_cmd(
         runner.reap()
         if not results:
             out.print("no pending jobs")
-        if any(isinstance(r, worker.Failure) for r in results):
-            raise SystemExit(1)
+        with _engine().connect() as conn:
+            running = jobs.listing(conn, "running")
+        for j in running:  # held by another worker, or by a dead one until its lease runs out
+            out.print(
+                f"job {j['id']} {j['parent']} -> {j['child']} is running on {j['worker']}"
+                f" (lease {'expired' if j['lease_expired'] else 'until'}"
+                f"{'' if j['lease_expired'] else ' ' + format(j['lease_until'], '%H:%M:%S')})",
+                markup=False,
+            )
+        if code := worker.exit_code(results):
+            raise SystemExit(code)
         return
     runner.serve(db_engine.url(config))
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
 from service import errors
-from service.db import copy
+from service.db import copy, tables
+
+# NOTIFY channel on which planned jobs wake the workers.
+CHANNEL = "latent_trees_jobs"
 
 EDGE_COLUMNS = (
     ("parent_id", "int4"),
@@ -182,3 +187,91 @@ def reap(conn: Connection) -> int:
             " WHERE state = 'running' AND lease_until < now() AND attempts >= max_attempts"
         )
     ).rowcount
+
+
+def listing(conn: Connection, state: str | None = None) -> list[dict[str, Any]]:
+    """Every job (or those in `state`) with its pair, attempts, worker, lease, error, timings."""
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT j.id, p.name AS parent, c.name AS child, j.state, j.attempts, j.max_attempts,
+                   j.worker, j.lease_until, (j.lease_until < now()) AS lease_expired, j.error,
+                   j.n_edges, j.created_at, j.started_at, j.finished_at,
+                   extract(epoch FROM j.finished_at - j.started_at) AS seconds
+            FROM job j JOIN sae p ON p.id = j.parent_sae_id JOIN sae c ON c.id = j.child_sae_id
+            WHERE CAST(:state AS text) IS NULL OR j.state = :state
+            ORDER BY j.id
+            """
+        ),
+        {"state": state},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+class UnknownJob(errors.NotFound):
+    """unknown job."""
+
+
+def retry(conn: Connection, job_id: int) -> None:
+    """Put a failed job back in the queue with a fresh count of attempts."""
+    row = conn.execute(
+        sa.text("SELECT state FROM job WHERE id = :id FOR UPDATE"), {"id": job_id}
+    ).first()
+    if row is None:
+        raise UnknownJob(f"unknown job {job_id}")
+    if row.state != "failed":
+        raise errors.BadInput(f"job {job_id} is {row.state}: only a failed job is retried")
+    conn.execute(
+        sa.text(
+            "UPDATE job SET state = 'pending', attempts = 0, worker = NULL, lease_until = NULL,"
+            " started_at = NULL, finished_at = NULL WHERE id = :id"
+        ),
+        {"id": job_id},
+    )
+    _notify(conn, [job_id])
+
+
+def plan_for(conn: Connection, sae_id: int, params: dict[str, Any]) -> list[int]:
+    """Jobs for a new sae's neighbour pairs (never for pairs already planned)."""
+    prev_id, next_id = conn.execute(
+        sa.text("SELECT prev_id, next_id FROM sae_level WHERE id = :id"), {"id": sae_id}
+    ).one()
+    return plan(
+        conn, [(p, c) for p, c in ((prev_id, sae_id), (sae_id, next_id)) if p and c], params
+    )
+
+
+def plan(conn: Connection, pairs: list[tuple[int, int]], params: dict[str, Any]) -> list[int]:
+    """A pending job for each (parent sae, child sae) pair not planned before; NOTIFY."""
+    if not pairs:
+        return []
+    new_ids = (
+        conn.execute(
+            pg.insert(tables.Job)
+            .values(
+                [
+                    {
+                        "parent_sae_id": p,
+                        "child_sae_id": c,
+                        "params": params,
+                        "max_attempts": int(params.get("max_attempts", 3)),
+                    }
+                    for p, c in pairs
+                ]
+            )
+            .on_conflict_do_nothing()
+            .returning(tables.Job.id)
+        )
+        .scalars()
+        .all()
+    )
+    if new_ids:
+        _notify(conn, new_ids)
+    return list(new_ids)
+
+
+def _notify(conn: Connection, job_ids: Sequence[int]) -> None:
+    conn.execute(
+        sa.text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": CHANNEL, "payload": ",".join(map(str, job_ids))},
+    )

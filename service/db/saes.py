@@ -7,13 +7,10 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
 from service import errors
-from service.db import copy, queries, tables
-
-CHANNEL = "latent_trees_jobs"
+from service.db import copy, jobs, queries, tables
 
 
 @dataclass(frozen=True)
@@ -151,7 +148,7 @@ def add(
     conn.exec_driver_sql("DROP TABLE latent_stage")
     if stats.top_positions is not None and stats.top_values is not None:
         _add_top(conn, sae_id, stats.top_positions, stats.top_values)
-    return sae_id, plan_jobs(conn, sae_id, job_params)
+    return sae_id, jobs.plan_for(conn, sae_id, job_params)
 
 
 def _add_top(conn: Connection, sae_id: int, positions: np.ndarray, values: np.ndarray) -> None:
@@ -182,37 +179,43 @@ def _add_top(conn: Connection, sae_id: int, positions: np.ndarray, values: np.nd
     conn.exec_driver_sql("DROP TABLE top_stage")
 
 
-def plan_jobs(conn: Connection, sae_id: int, params: dict[str, Any]) -> list[int]:
-    """Jobs for the sae's new neighbour pairs (never for pairs already planned)."""
-    prev_id, next_id = conn.execute(
-        sa.text("SELECT prev_id, next_id FROM sae_level WHERE id = :id"), {"id": sae_id}
-    ).one()
-    pairs = [(p, c) for p, c in ((prev_id, sae_id), (sae_id, next_id)) if p and c]
-    if not pairs:
-        return []
-    new_ids = (
-        conn.execute(
-            pg.insert(tables.Job)
-            .values(
-                [
-                    {
-                        "parent_sae_id": p,
-                        "child_sae_id": c,
-                        "params": params,
-                        "max_attempts": int(params.get("max_attempts", 3)),
-                    }
-                    for p, c in pairs
-                ]
-            )
-            .on_conflict_do_nothing()
-            .returning(tables.Job.id)
-        )
-        .scalars()
-        .all()
-    )
-    if new_ids:
-        conn.execute(
-            sa.text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": ",".join(map(str, new_ids))},
-        )
-    return list(new_ids)
+@dataclass(frozen=True)
+class Deleted:
+    """What deleting an sae removed and planned."""
+
+    name: str
+    activations_path: str | None
+    n_latents: int
+    n_edges: int
+    job_ids: list[int]  # the job its removal made adjacent, when there is one
+
+
+def delete(conn: Connection, name: str, job_params: dict[str, Any]) -> Deleted:
+    """Delete an sae with its latents, edges and jobs, and plan the job for the pair its
+    removal makes adjacent (next smaller -> next larger)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT s.id, s.family_id, s.activations_path, l.prev_id, l.next_id"
+            " FROM sae s JOIN sae_level l ON l.id = s.id WHERE s.name = :n"
+        ),
+        {"n": name},
+    ).first()
+    if row is None:
+        raise errors.UnknownSae(f"unknown sae {name!r}")
+    # Serialise with ingests of the family (they lock its row too).
+    conn.execute(sa.text("SELECT id FROM family WHERE id = :f FOR UPDATE"), {"f": row.family_id})
+    n_edges = conn.execute(
+        sa.text(
+            "DELETE FROM edge WHERE job_id IN (SELECT id FROM job"
+            " WHERE parent_sae_id = :s OR child_sae_id = :s)"
+        ),
+        {"s": row.id},
+    ).rowcount
+    n_latents = conn.execute(
+        sa.text("SELECT count(*) FROM latent WHERE sae_id = :s"), {"s": row.id}
+    ).scalar_one()
+    conn.execute(sa.delete(tables.Sae).where(tables.Sae.id == row.id))
+    planned = []
+    if row.prev_id and row.next_id:
+        planned = jobs.plan(conn, [(row.prev_id, row.next_id)], job_params)
+    return Deleted(name, row.activations_path, int(n_latents), int(n_edges), planned)

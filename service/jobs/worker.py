@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 from service import errors, settings
 from service.db import engine as db_engine
-from service.db import jobs, saes, views
+from service.db import jobs, views
 from service.jobs import edges
 from service.sources import store
 
@@ -39,6 +39,11 @@ class Failure:
 
 
 Report = Callable[[edges.Outcome | Failure], None]
+
+
+def exit_code(results: list[edges.Outcome | Failure]) -> int:
+    """1 if a job ended failed (not one that failed once and then ran), else 0."""
+    return int(any(isinstance(r, Failure) and r.state == "failed" for r in results))
 
 
 def describe(result: edges.Outcome | Failure) -> str:
@@ -164,7 +169,7 @@ def _listen(libpq_url: str, wake: Callable[[], None], stop: threading.Event) -> 
     while not stop.is_set():
         try:
             with psycopg.connect(libpq_url, autocommit=True) as conn:
-                conn.execute(f"LISTEN {saes.CHANNEL}")
+                conn.execute(f"LISTEN {jobs.CHANNEL}")
                 while not stop.is_set():
                     for _notify in conn.notifies(timeout=1.0, stop_after=1):
                         wake()
