@@ -174,10 +174,18 @@ def run(engine: Engine, config: settings.Settings, say: Callable[[str], None]) -
         forest_parent = conn.exec_driver_sql(
             "SELECT parent FROM tree_edges WHERE child = %(c)s", {"c": apart}
         ).scalar_one()
+        # Its other qualifying parent at the threshold the tree is drawn at.
         other = conn.exec_driver_sql(
-            "SELECT parent FROM latent_edges WHERE child = %(c)s AND adjacent"
-            " AND score > 0.6 AND parent <> %(p)s",
-            {"c": apart, "p": forest_parent},
+            "SELECT p.label FROM edge e JOIN latent p ON p.id = e.parent_id"
+            " JOIN latent c ON c.id = e.child_id JOIN sae_level s ON s.id = p.sae_id"
+            " WHERE c.label = %(c)s AND s.next_id = c.sae_id AND p.label <> %(p)s"
+            " AND edge_qualifies(e.score, p.n_active, c.n_active, %(t)s, %(m)s)",
+            {
+                "c": apart,
+                "p": forest_parent,
+                "t": config.threshold,
+                "m": config.min_active_tokens,
+            },
         ).scalar_one()
         other_root = _forest_root(conn, other)
     say(f"\nrooted tree of {root} at threshold {config.threshold} (latent-trees tree {root}):")

@@ -18,7 +18,7 @@ from typing import Any
 import numba
 import numpy as np
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from service.compute import stats as stats_
@@ -308,18 +308,3 @@ def _order_and_rank(
         for k in range(hi - lo):
             rank[seg[k]] = k
     return order, rank
-
-
-def qualifies(
-    edges: Edges,
-    parent: stats_.LatentStats,
-    child: stats_.LatentStats,
-    threshold: float = 0.6,
-    min_active_tokens: int = 10,
-) -> Bool[Tensor, " n"]:
-    """Which edges qualify: score above the threshold, both latents active often enough."""
-    return (
-        (edges.score > threshold)
-        & (parent.n_active[edges.parent] >= min_active_tokens)
-        & (child.n_active[edges.child] >= min_active_tokens)
-    )

@@ -42,8 +42,9 @@ SCORE_PARTS = (
     "qualifies",
 )
 QUALIFIES = """
-    (COALESCE(ps.next_id = c.sae_id, false) AND e.score > :threshold
-     AND p.n_active >= :min_active AND c.n_active >= :min_active) AS qualifies
+    (COALESCE(ps.next_id = c.sae_id, false)
+     AND edge_qualifies(e.score, p.n_active, c.n_active, CAST(:threshold AS real), :min_active))
+    AS qualifies
 """
 
 

@@ -25,6 +25,8 @@ def grant_reader(
         raise errors.BadInput(
             f"role {role!r}: expected lower-case letters, digits and '_' (at most 63)"
         )
+    if role.startswith("pg_"):
+        raise errors.BadInput(f"role {role!r}: names starting with pg_ are reserved by PostgreSQL")
     raw = conn.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
 
@@ -37,9 +39,19 @@ def grant_reader(
     ).first()
     if existing is not None and existing[0]:
         raise errors.BadInput(f"role {role!r} is a superuser: choose another name")
+    if existing is not None:
+        _refuse_writers(conn, role)
     if existing is None:
         run(sql.SQL("CREATE ROLE {} LOGIN").format(name))
-    run(sql.SQL("ALTER ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE NOINHERIT").format(name))
+    run(
+        sql.SQL(
+            "ALTER ROLE {} WITH LOGIN NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
+        ).format(name)
+    )
+    # Whatever an existing role was granted before goes: it reads, nothing more.
+    run(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {}").format(name))
+    run(sql.SQL("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {}").format(name))
+    run(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(name))
     if password is not None:
         run(sql.SQL("ALTER ROLE {} PASSWORD {}").format(name, sql.Literal(password)))
     milliseconds = max(1, round(statement_timeout * 1000))
@@ -56,4 +68,38 @@ def grant_reader(
             name
         )
     )
+    writable = conn.exec_driver_sql(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')"
+        " AND has_table_privilege(%(r)s, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')",
+        {"r": role},
+    ).scalar_one()
+    if writable:  # granted to PUBLIC: nothing a role of its own can take back
+        raise errors.BadInput(
+            f"role {role!r} can still write {writable} tables (privileges granted to PUBLIC)"
+        )
     return existing is None
+
+
+def _refuse_writers(conn: Connection, role: str) -> None:
+    """An existing role that owns objects or belongs to other roles cannot be made read-only
+    by revoking its own grants: refuse it."""
+    owned = conn.exec_driver_sql(
+        "SELECT count(*) FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
+        " WHERE r.rolname = %(r)s",
+        {"r": role},
+    ).scalar_one()
+    if owned:
+        raise errors.BadInput(f"role {role!r} owns {owned} relations: choose another name")
+    member_of = [
+        row[0]
+        for row in conn.exec_driver_sql(
+            "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
+            " JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %(r)s ORDER BY 1",
+            {"r": role},
+        ).all()
+    ]
+    if member_of:
+        raise errors.BadInput(
+            f"role {role!r} is a member of {', '.join(member_of)}: choose another name"
+        )

@@ -22,6 +22,7 @@ OBJECTS = (
     ("MATERIALIZED VIEW", "tree_edges"),
     ("VIEW", "latent_edges"),
     ("VIEW", "sae_level"),
+    ("FUNCTION", "edge_qualifies(real, bigint, bigint, real, integer)"),
 )
 
 

@@ -59,3 +59,34 @@ def test_reader_role_names_are_checked(planted_family: Planted, tmp_path: Path) 
             roles.grant_reader(conn, "Robert'); DROP TABLE edge;--", None, 5)
         with pytest.raises(errors.BadInput, match="is a superuser"):
             roles.grant_reader(conn, "postgres", None, 5)
+
+
+def test_an_existing_writer_role_loses_its_write_grants(
+    planted_family: Planted, role: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(planted_family.url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    env = cli_env(tmp_path, database_url=planted_family.url)
+    assert "updated: read-only" in run_cli("db", "reader", role, env=env).stdout
+    with as_role(planted_family.url, role) as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        conn.commit()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO family (name) VALUES ('X')")
+
+
+def test_roles_that_cannot_be_made_read_only_are_refused(
+    planted_family: Planted, role: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, database_url=planted_family.url)
+    with psycopg.connect(planted_family.url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT pg_write_all_data TO {role}")
+    refused = run_cli("db", "reader", role, env=env, check=False)
+    assert refused.returncode == 1
+    assert f"role '{role}' is a member of pg_write_all_data" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    reserved = run_cli("db", "reader", "pg_monitor", env=env, check=False)
+    assert reserved.returncode == 1 and "reserved by PostgreSQL" in reserved.stderr
+    assert "Traceback" not in reserved.stderr

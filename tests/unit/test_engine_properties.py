@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.compute import chunks, engine, scores
-from tests.unit.test_engine import as_dict, sparse_matrix
+from tests.unit.test_engine import as_dict, qualifying, sparse_matrix
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -122,10 +122,8 @@ def test_score_exactly_at_threshold_is_not_an_edge(k: int, exponent: int, ratio:
         chunks.DenseSource(torch.from_numpy(child)),
         device="cpu",
     )
+    # Exact, so that the database's rule (tests/db/test_qualifies.py) sees it exactly at the
+    # threshold: a score equal to the threshold does not exceed it.
     assert float(result.edges.score[0]) == ratio
-    at = scores.qualifies(result.edges, result.parent_stats, result.child_stats, ratio, 10)
-    below = scores.qualifies(
-        result.edges, result.parent_stats, result.child_stats, ratio - 1e-6, 10
-    )
-    assert at.tolist() == [False]
-    assert below.tolist() == [True]
+    assert qualifying(result, ratio).tolist() == [False]
+    assert qualifying(result, ratio - 1e-6).tolist() == [True]

@@ -8,9 +8,7 @@ WITH RECURSIVE best AS (
     JOIN latent c ON c.id = e.child_id
     JOIN sae_level ps ON ps.id = p.sae_id
     WHERE ps.next_id = c.sae_id
-      AND e.score > 0.6
-      AND p.n_active >= 10
-      AND c.n_active >= 10
+      AND edge_qualifies(e.score, p.n_active, c.n_active)
     ORDER BY e.child_id, e.score DESC, p.idx
 ), walk AS (
     SELECT b.child_id, b.parent_id, b.score, 1 AS depth

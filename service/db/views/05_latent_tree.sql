@@ -19,9 +19,9 @@ WITH RECURSIVE reach (id, sae_id, depth) AS (
     JOIN sae_level s ON s.id = r.sae_id
     JOIN edge e ON e.parent_id = r.id
     JOIN latent c ON c.id = e.child_id AND c.sae_id = s.next_id
-    WHERE e.score > latent_tree.threshold
-      AND p.n_active >= latent_tree.min_active_tokens
-      AND c.n_active >= latent_tree.min_active_tokens
+    WHERE edge_qualifies(
+        e.score, p.n_active, c.n_active, latent_tree.threshold, latent_tree.min_active_tokens
+    )
 ), ranked AS (
     SELECT e.child_id,
            p.label AS parent_label,
@@ -31,8 +31,10 @@ WITH RECURSIVE reach (id, sae_id, depth) AS (
     JOIN edge e ON e.child_id = rc.id
     JOIN reach rp ON rp.id = e.parent_id AND rp.depth = rc.depth - 1
     JOIN latent p ON p.id = e.parent_id
-    WHERE e.score > latent_tree.threshold
-      AND p.n_active >= latent_tree.min_active_tokens
+    JOIN latent c ON c.id = e.child_id
+    WHERE edge_qualifies(
+        e.score, p.n_active, c.n_active, latent_tree.threshold, latent_tree.min_active_tokens
+    )
 )
 SELECT n.label,
        b.parent_label,
