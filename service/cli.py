@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -45,7 +47,11 @@ T = TypeVar("T")
 
 def _engine(*, migrated: bool = True) -> Engine:
     engine = db_engine.get()
-    return migrate.require_head(engine) if migrated else engine
+    if not migrated:
+        return engine
+    if settings.get().database_url is None and migrate.current(engine) is None:
+        migrate.upgrade(engine)  # the embedded server's new database: nothing to set up
+    return migrate.require_head(engine)
 
 
 @db_app.command("upgrade")
@@ -179,7 +185,12 @@ def family_create(
             max_norm_ratio=max_norm_ratio,
             device=config.device,
         )
-        created = families.create_from_model(engine, config, name, spec, dtype.value)
+        report = Console(stderr=True, soft_wrap=True)
+
+        def progress(line: str) -> None:
+            report.print(line, markup=False, highlight=False)
+
+        created = families.create_from_model(engine, config, name, spec, dtype.value, progress)
     elif inputs is not None:
         created = families.create_from_inputs(engine, config, name, inputs, dtype.value)
     else:
@@ -360,6 +371,8 @@ def ingest_cmd(
         f" {added.nnz:,} activations{quality}; jobs planned: {added.job_ids or 'none'}",
         markup=False,
     )
+    for note in added.notes:
+        out.print(f"note: {note}", markup=False)
 
 
 @app.command("worker")
@@ -421,8 +434,7 @@ def tree_cmd(
     from service import trees
 
     config = settings.get()
-    if threshold is not None and not threshold >= 0:
-        raise errors.BadInput(f"--threshold {threshold}: expected a number >= 0")
+    _check_score("--threshold", threshold)
     with _engine().connect() as conn:
         rows = queries.rooted_tree(
             conn,
@@ -466,16 +478,18 @@ def export_cmd(
         str | None, typer.Option("--child-sae", help="Edges: children in this sae.")
     ] = None,
     min_score: Annotated[
-        float | None, typer.Option("--min-score", min=0, help="Edges: score >= this.")
+        float | None, typer.Option("--min-score", help="Edges: score >= this.")
     ] = None,
     threshold: Annotated[
         float | None,
-        typer.Option("--threshold", min=0, help="Edges: for `qualifies`; default the setting."),
+        typer.Option("--threshold", help="Edges: for `qualifies`; default the setting."),
     ] = None,
 ) -> None:
     """Export edges, latents or the forest, streaming, with the parameters recorded in the file."""
     from service import exports
 
+    _check_score("--min-score", min_score)
+    _check_score("--threshold", threshold)
     config = settings.get()
     request = exports.Request(
         kind=kind.value,
@@ -491,7 +505,8 @@ def export_cmd(
     exports.format_of(request)  # a bad output is refused before the database is touched
     written = exports.export(_engine(), request)
     if output != "-":
-        out.print(f"{written.n_rows:,} {kind.value} written to {output} ({written.format})")
+        what = {"trees": "forest nodes (rows of trees)"}.get(kind.value, kind.value)
+        out.print(f"{written.n_rows:,} {what} written to {output} ({written.format})")
 
 
 @app.command("serve")
@@ -504,8 +519,9 @@ def serve_cmd(
     from service.api import serve
 
     config = settings.get()
-    # Fail here, in one line, if the database is unreachable or behind; the server's
-    # processes then find the embedded server that this one started.
+    # Fail here, in one line, if the port is taken or the database is unreachable or behind;
+    # the server's processes then find the embedded server that this one started.
+    serve.check_port(host, port)
     _engine().dispose()
     out.print(f"serving latent-trees on http://{host}:{port}/ (Ctrl-C stops)", markup=False)
     serve.run(host, port, workers, config.log_level.lower())
@@ -529,6 +545,12 @@ def demo_cmd(
     else:
         sizes = demo.ModelDemo(n_tokens=tokens)
         demo.run_model(_engine(migrated=False), settings.get(), typer.echo, sizes)
+
+
+def _check_score(flag: str, value: float | None) -> None:
+    """A score bound (threshold, minimum score) is a finite number >= 0, as the API wants."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise errors.BadInput(f"{flag} {value}: expected a finite number >= 0")
 
 
 def _run(fn: Callable[[], T]) -> T:
@@ -555,6 +577,26 @@ def main(argv: list[str] | None = None) -> Any:
             signal.signal(signal.SIGTERM, _terminate)
         config = settings.get()
         logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s")
-        return app(args=argv if argv is not None else sys.argv[1:], standalone_mode=True)
+        try:
+            args = argv if argv is not None else sys.argv[1:]
+            return app(args=args, prog_name="latent-trees", standalone_mode=False)
+        except CLICK_ERRORS as exc:  # one line, not click's box
+            if not exc.format_message():  # no arguments: the help was the answer
+                raise SystemExit(0) from None
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "latent-trees"
+            raise UsageError(f"{where}: {exc.format_message()} (see --help)") from None
+        except typer.Abort:
+            raise SystemExit(130) from None
 
     return _run(go)
+
+
+# Click's errors (usage, bad parameter): typer >= 0.20 carries its own copy of click.
+CLICK_ERRORS = tuple({click.ClickException, getattr(typer, "_click", click).ClickException})
+
+
+class UsageError(errors.ServiceError):
+    """the command line is not understood."""
+
+    exit_code = 2

@@ -77,12 +77,13 @@ def run_model(
     corpus = write_corpus(folder / "pydoc_topics.txt")
     gguf = smollm2_path()
     say(f"capturing {sizes.n_tokens:,} tokens of {corpus.name} at {HOOK} of {gguf.name} ...")
+    step = time.perf_counter()
     spec = model.Capture(str(gguf), HOOK, corpus, sizes.n_tokens, device=config.device)
-    created = families.create_from_model(engine, config, MODEL_FAMILY, spec, "float32")
+    created = families.create_from_model(engine, config, MODEL_FAMILY, spec, "float32", say)
     assert created.inputs is not None
     say(
         f"  family {MODEL_FAMILY}: {created.n_tokens:,} inputs of d_in {created.d_in}"
-        f" ({time.perf_counter() - started:.0f} s; skipped {created.inputs['skipped']})"
+        f" (capture {time.perf_counter() - step:.0f} s; skipped {created.inputs['skipped']})"
     )
     inputs_path = str(created.inputs["path"])
     source = store.Store.under(config.home).open_inputs(inputs_path)
@@ -90,8 +91,11 @@ def run_model(
         folder / "saes" / inputs_path.rsplit("/", 1)[-1] / f"k{sizes.k}-e{sizes.epochs:g}-lr2e-3"
     )
     say(f"training TopK saes of widths {list(sizes.widths)} (k {sizes.k}) into {saes_dir} ...")
-    checkpoints = training.train_family(source, saes_dir, list(sizes.widths), sizes.k, sizes.epochs)
-    say(f"  ({time.perf_counter() - started:.0f} s)")
+    step = time.perf_counter()
+    checkpoints = training.train_family(
+        source, saes_dir, list(sizes.widths), sizes.k, sizes.epochs, say
+    )
+    say(f"  (training {time.perf_counter() - step:.0f} s)")
 
     def report(result: edges.Outcome | worker.Failure) -> None:
         say("  " + worker.describe(result))

@@ -6,7 +6,8 @@ written in one transaction, and a failure releases what was stored (`service.ent
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,19 @@ def create(engine: Engine, name: str) -> Created:
 
 
 def create_from_model(
-    engine: Engine, config: settings.Settings, name: str, spec: model_.Capture, dtype: str
+    engine: Engine,
+    config: settings.Settings,
+    name: str,
+    spec: model_.Capture,
+    dtype: str,
+    progress: Callable[[str], None] | None = None,
 ) -> Created:
-    """Capture `spec.n_tokens` inputs at `spec.hook` of `spec.model` over `spec.corpus`."""
+    """Capture `spec.n_tokens` inputs at `spec.hook` of `spec.model` over `spec.corpus`;
+    `progress` gets a line at each tenth of the tokens."""
     _check_free(engine, name)
     batches, d_in, vocab, meta = model_.capture(spec)
+    if progress is not None:
+        batches = _reported(batches, spec.n_tokens, progress)
     # `vocab` fills up as the batches stream in; the store writes it after the last batch.
     return _store_and_register(engine, config, name, batches, d_in, dtype, vocab, meta)
 
@@ -78,6 +87,19 @@ def create_from_inputs(
             "has_token_ids": token_ids is not None,
         }
         return _store_and_register(engine, config, name, batches(), d_in, dtype, None, meta)
+
+
+def _reported(
+    batches: Iterator[store.InputsBatch], total: int, progress: Callable[[str], None]
+) -> Iterator[store.InputsBatch]:
+    done, started, mark = 0, time.perf_counter(), total / 10
+    for batch in batches:
+        yield batch
+        done += int(batch.x.shape[0])
+        if done >= mark or done >= total:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress(f"  captured {done:,} / {total:,} tokens ({rate:,.0f} tokens/s)")
+            mark = done + total / 10
 
 
 def _check_free(engine: Engine, name: str) -> None:

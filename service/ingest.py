@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Ingested:
     nnz: int
     job_ids: list[int]
     source: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the user should know (one line each)
 
 
 def job_params(config: settings.Settings) -> dict[str, object]:
@@ -127,6 +129,24 @@ def _commit(
     return Ingested(final_name, stats.d_sae, stats.n_tokens, stored.nnz, job_ids, source)
 
 
+# Memory an ingest holds per latent, beyond 12 bytes per kept top activation (a position and a
+# value): statistics and the latent row it writes, rounded up.
+MAX_D_SAE = 2**31 - 1  # latent indices are int4 in the database
+
+
+def check_width(config: settings.Settings, what: str, d_sae: int) -> None:
+    """Refuse a width the database or this machine's memory cannot hold, saying why."""
+    if d_sae > MAX_D_SAE:
+        raise errors.BadInput(f"{what}: d_sae {d_sae:,}: at most {MAX_D_SAE:,} latents")
+    need = d_sae * (64 + 12 * config.top_activations)
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > memory // 2:
+        raise errors.BadInput(
+            f"{what}: d_sae {d_sae:,}: its per-latent statistics and top activations need"
+            f" {need / 2**30:,.1f} GiB, more than half of this machine's {memory / 2**30:,.1f} GiB"
+        )
+
+
 def _check_name(engine: Engine, family: str, name: str | None, d_sae: int | None) -> None:
     with engine.connect() as conn:
         family_id = queries.family_id(conn, family)
@@ -144,8 +164,11 @@ def ingest_activations(
     name: str | None = None,
 ) -> Ingested:
     """Add an sae to `family` from the activation file or directory at `path`."""
+    if d_sae is not None:
+        check_width(config, "--d-sae", d_sae)
     _check_name(engine, family, name, d_sae)
     with activations.ActivationFile(path, d_sae) as source:
+        check_width(config, str(path), source.d_sae)
         fingerprint = _fingerprint(source) if source.has_token_ids else None
         # Checked early without a lock (re-checked under it at commit), so a bad file is
         # refused before it is streamed.
@@ -155,7 +178,13 @@ def ingest_activations(
             saes.check_free(conn, family_row.id, name, source.d_sae)
         staged = _stage(config, source.blocks(), source.n_tokens, source.d_sae)
         meta = {"kind": "activations", "path": str(path.resolve()), "format": source.kind}
-    return _commit(engine, config, family, name, str(path), fingerprint, meta, staged)
+    added = _commit(engine, config, family, name, str(path), fingerprint, meta, staged)
+    if fingerprint is None and family_row.token_fingerprint:
+        added.notes.append(
+            f"{path}: no 'token_ids', so its tokens were not checked against the token set of"
+            f" family {family!r} (only their number)"
+        )
+    return added
 
 
 def ingest_checkpoint(
@@ -168,6 +197,7 @@ def ingest_checkpoint(
     """Add an sae to `family` from a checkpoint, encoding the family's stored model inputs."""
     _check_name(engine, family, name, None)
     encoder = checkpoints.load(folder)
+    check_width(config, str(folder), encoder.d_sae)
     with engine.connect() as conn:
         family_row = saes.family_row(conn, family)
         saes.check_free(conn, family_row.id, name, encoder.d_sae)

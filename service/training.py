@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,9 +120,15 @@ def save_saelens(
 
 
 def train_family(
-    source: store.InputsSource, out: Path, widths: list[int], k: int, epochs: float = 4.0
+    source: store.InputsSource,
+    out: Path,
+    widths: list[int],
+    k: int,
+    epochs: float = 4.0,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """One TopK sae per width, saved under `out/<width>`; folders already there are reused."""
+    """One TopK sae per width, saved under `out/<width>`; folders already there are reused.
+    `progress` gets a line per width."""
     x: Tensor | None = None
     folders = []
     for width in widths:
@@ -138,7 +145,12 @@ def train_family(
                 "epochs": epochs,
             }
             save_saelens(folder, weights, k, meta)
-            log.info("trained d_sae %d in %.1f s", width, time.perf_counter() - started)
+            line = f"trained d_sae {width} in {time.perf_counter() - started:.1f} s"
+            log.info(line)
+        else:
+            line = f"d_sae {width}: reused {folder}"
+        if progress is not None:
+            progress(f"  {line}")
         folders.append(folder)
     return folders
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,10 +32,17 @@ from service.jobs import worker
 REPO = Path(__file__).resolve().parents[1]
 
 
+def short_tmp(name: str) -> Path:
+    """A folder under TMPDIR, or under /tmp when TMPDIR is too long for the server's socket
+    path (at most 107 bytes)."""
+    base = Path(tempfile.gettempdir())
+    return (base if len(str(base)) <= 40 else Path("/tmp")) / name
+
+
 @pytest.fixture(scope="session")
 def pg_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """LATENT_TREES_HOME of the session's embedded server (short path: sockets need < 108 chars)."""
-    home = Path(f"/tmp/lt-test-{os.getpid()}")
+    home = short_tmp(f"lt-test-{os.getpid()}")
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir()
     server.ensure_running(home)

@@ -141,6 +141,15 @@ def create_app(engine: Engine, config: settings.Settings) -> FastAPI:
     def threshold_of(value: float | None) -> float:
         return config.threshold if value is None else value
 
+    @app.middleware("http")
+    async def head_as_get(request: Request, call_next: Callable[..., Any]) -> Response:
+        """HEAD answers as GET would, without the body (monitors and `curl -I` use it)."""
+        if request.method != "HEAD":
+            return await call_next(request)
+        request.scope["method"] = "GET"
+        response = await call_next(request)
+        return Response(status_code=response.status_code, headers=dict(response.headers))
+
     @app.exception_handler(errors.ServiceError)
     def _service_error(_request: Request, exc: errors.ServiceError) -> JSON:
         status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 500)

@@ -13,6 +13,8 @@ import socket
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service import errors
+
 
 class NoDelayProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, sending each write at once."""
@@ -22,6 +24,21 @@ class NoDelayProtocol(HttpToolsProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
+
+
+def check_port(host: str, port: int) -> None:
+    """ServiceError, in one line, when `host:port` cannot be listened on (taken, no such
+    address), before anything is printed or started."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _name, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise errors.ServiceError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
 
 
 def run(host: str, port: int, workers: int, log_level: str) -> None:

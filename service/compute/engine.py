@@ -125,7 +125,7 @@ def score_pair(
     tops: list[torch.Tensor] = []
     n_coactivations = n_pairs = 0
     for i, (cands, parent_top, coacts, pairs) in enumerate(
-        run(parent_rows, child_rows, blocks, parent_stats, child_stats, params, dev, budget)
+        run(Work(parent_rows, child_rows, blocks, parent_stats, child_stats, params, dev, budget))
     ):
         found.append(cands)
         tops.append(parent_top)
@@ -154,34 +154,39 @@ def score_pair(
 BlockResults = Iterator[tuple[scores_.Edges, torch.Tensor, int, int]]
 
 
-def _numba_blocks(
-    parent: layout.TokenMajor,
-    child: layout.TokenMajor,
-    blocks: list[tuple[int, int]],
-    parent_stats: stats_.LatentStats,
-    child_stats: stats_.LatentStats,
-    params: scores_.EdgeParams,
-    dev: torch.device,
-    budget: int,
-) -> BlockResults:
-    if dev.type != "cpu":
-        raise ValueError(f"the numba backend runs on the CPU, not {dev}")
-    scratch = cpu_kernel.Scratch.new(numba.get_num_threads(), child.d_sae)
-    p_sum_sq, p_max = parent_stats.sum_sq.numpy(), parent_stats.max_act.numpy()
-    c_sum_sq, c_max = child_stats.sum_sq.numpy(), child_stats.max_act.numpy()
-    for lo, hi in blocks:
-        block = layout.latent_major(parent, lo, hi)
+@dataclass(frozen=True)
+class Work:
+    """One job's work as the kernels' runners take it."""
+
+    parent: layout.TokenMajor
+    child: layout.TokenMajor
+    blocks: list[tuple[int, int]]
+    parent_stats: stats_.LatentStats
+    child_stats: stats_.LatentStats
+    params: scores_.EdgeParams
+    dev: torch.device
+    budget: int
+
+
+def _numba_blocks(w: Work) -> BlockResults:
+    if w.dev.type != "cpu":
+        raise ValueError(f"the numba backend runs on the CPU, not {w.dev}")
+    scratch = cpu_kernel.Scratch.new(numba.get_num_threads(), w.child.d_sae)
+    p_sum_sq, p_max = w.parent_stats.sum_sq.numpy(), w.parent_stats.max_act.numpy()
+    c_sum_sq, c_max = w.child_stats.sum_sq.numpy(), w.child_stats.max_act.numpy()
+    for lo, hi in w.blocks:
+        block = layout.latent_major(w.parent, lo, hi)
         with numba.parallel_chunksize(8):  # rows differ in cost: hand them out dynamically
             found = cpu_kernel.score_block(
                 block,
-                child,
+                w.child,
                 p_sum_sq,
                 p_max,
                 c_sum_sq,
                 c_max,
-                params.store_floor,
-                params.top_parents,
-                params.top_children,
+                w.params.store_floor,
+                w.params.top_parents,
+                w.params.top_children,
                 scratch,
             )
         edges = scores_.Edges.of(*(found.column(f) for f in scores_.DTYPES))
@@ -190,21 +195,14 @@ def _numba_blocks(
 
 
 def _device_blocks(
-    parent: layout.TokenMajor,
-    child: layout.TokenMajor,
-    blocks: list[tuple[int, int]],
-    parent_stats: stats_.LatentStats,
-    child_stats: stats_.LatentStats,
-    params: scores_.EdgeParams,
-    dev: torch.device,
-    sums_of: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    w: Work, sums_of: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 ) -> BlockResults:
     """The torch and Triton paths: both saes on the device, the parent made latent-major
     there once (one sort), then each block's touched pairs scored and filtered there."""
-    c_indptr, c_indices, c_values = layout.as_tensors(child, dev)
+    c_indptr, c_indices, c_values = layout.as_tensors(w.child, w.dev)
     per_token = c_indptr.diff()
-    p_indptr, p_tokens, p_values = layout.latent_major_on(parent, dev)
-    for lo, hi in blocks:
+    p_indptr, p_tokens, p_values = layout.latent_major_on(w.parent, w.dev)
+    for lo, hi in w.blocks:
         first, last = int(p_indptr[lo]), int(p_indptr[hi])
         tokens = p_tokens[first:last]
         coacts = int(per_token[tokens.long()].sum())
@@ -217,23 +215,14 @@ def _device_blocks(
             c_values,
             coacts,
         )
-        scored = scores_.Edges.from_sums(r + lo, c, sums, parent_stats, child_stats)
-        cands, parent_top = scores_.candidates(scored, params)
+        scored = scores_.Edges.from_sums(r + lo, c, sums, w.parent_stats, w.child_stats)
+        cands, parent_top = scores_.candidates(scored, w.params)
         yield cands.cpu(), parent_top.cpu(), coacts, len(scored)
 
 
-def _torch_blocks(
-    parent: layout.TokenMajor,
-    child: layout.TokenMajor,
-    blocks: list[tuple[int, int]],
-    parent_stats: stats_.LatentStats,
-    child_stats: stats_.LatentStats,
-    params: scores_.EdgeParams,
-    dev: torch.device,
-    budget: int,
-) -> BlockResults:
-    rows = torch_kernel.Rows(max(hi - lo for lo, hi in blocks), child.d_sae, dev)
-    max_coacts = max(1024, budget // (4 * torch_kernel.BYTES_PER_COACTIVATION))
+def _torch_blocks(w: Work) -> BlockResults:
+    rows = torch_kernel.Rows(max(hi - lo for lo, hi in w.blocks), w.child.d_sae, w.dev)
+    max_coacts = max(1024, w.budget // (4 * torch_kernel.BYTES_PER_COACTIVATION))
 
     def sums_of(
         p_indptr: torch.Tensor,
@@ -248,24 +237,11 @@ def _torch_blocks(
             p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, max_coacts
         )
 
-    yield from _device_blocks(
-        parent, child, blocks, parent_stats, child_stats, params, dev, sums_of
-    )
+    yield from _device_blocks(w, sums_of)
 
 
-def _triton_blocks(
-    parent: layout.TokenMajor,
-    child: layout.TokenMajor,
-    blocks: list[tuple[int, int]],
-    parent_stats: stats_.LatentStats,
-    child_stats: stats_.LatentStats,
-    params: scores_.EdgeParams,
-    dev: torch.device,
-    budget: int,
-) -> BlockResults:
+def _triton_blocks(w: Work) -> BlockResults:
     from service.compute import gpu_kernel
 
-    rows = gpu_kernel.Rows(max(hi - lo for lo, hi in blocks), child.d_sae, dev)
-    yield from _device_blocks(
-        parent, child, blocks, parent_stats, child_stats, params, dev, rows.block_sums
-    )
+    rows = gpu_kernel.Rows(max(hi - lo for lo, hi in w.blocks), w.child.d_sae, w.dev)
+    yield from _device_blocks(w, rows.block_sums)

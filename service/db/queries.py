@@ -122,7 +122,15 @@ def status(conn: Connection) -> dict[str, Any]:
         sa.select(tables.Job.state, sa.func.count()).group_by(tables.Job.state)
     ):
         jobs[state] = count
-    return {"families": families(conn), "jobs": jobs}
+    found = families(conn)
+    # Each sae's source too: its format, path and, for checkpoints, L0 and FVU.
+    sources: dict[str, Any] = dict(
+        conn.execute(sa.select(tables.Sae.name, tables.Sae.source)).all()
+    )
+    for family in found:
+        for sae in family["saes"]:
+            sae["source"] = sources.get(sae["name"], {})
+    return {"families": found, "jobs": jobs}
 
 
 def latent(conn: Connection, label: str) -> sa.Row[Any]:

@@ -123,6 +123,11 @@ class Worker:
     def serve(self, libpq_url: str, stop: threading.Event | None = None) -> None:
         """Run the scheduler until SIGTERM, SIGINT or `stop` is set."""
         stop = stop or threading.Event()
+        # A poll that comes while the previous one still runs a job is skipped, as it should be:
+        # not worth a warning every poll interval.
+        logging.getLogger("apscheduler.scheduler").addFilter(
+            lambda record: "maximum number of running instances" not in record.getMessage()
+        )
         scheduler = BlockingScheduler(timezone=dt.UTC)
         now = dt.datetime.now(dt.UTC)
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}

@@ -170,6 +170,10 @@ class ActivationFile:
         d_sae = wanted if wanted is not None else (stored.pop() if stored else None)
         if d_sae is None:
             raise errors.BadInput(f"{self.path}: no d_sae: store a 'd_sae' field or pass --d-sae")
+        if d_sae <= 0:
+            raise errors.BadInput(
+                f"{self.path}: field 'd_sae': expected at least 1 latent, got {d_sae}"
+            )
         with_ids = [s for s in self.shards if "token_ids" in s.arrays]
         if with_ids and len(with_ids) != len(self.shards):
             raise errors.BadInput(f"{self.path}: field 'token_ids': present in some shards only")

@@ -10,12 +10,12 @@ import psycopg
 import pytest
 
 from service.db import server
-from tests.conftest import cli_env, run_cli
+from tests.conftest import cli_env, run_cli, short_tmp
 
 
 @pytest.fixture
 def home() -> object:
-    path = Path(f"/tmp/lt-emb-{uuid.uuid4().hex[:8]}")
+    path = short_tmp(f"lt-emb-{uuid.uuid4().hex[:8]}")
     yield path
     server.stop(path)
     shutil.rmtree(path, ignore_errors=True)

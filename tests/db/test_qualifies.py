@@ -80,7 +80,9 @@ def test_min_active_tokens_is_read_alike_everywhere(conn: Connection) -> None:
 
 def test_the_rule_itself(conn: Connection) -> None:
     def q(*args: object) -> bool:
-        call = "SELECT edge_qualifies(CAST(:s AS real), :p, :c" + ", CAST(:t AS real), :m" * (len(args) > 3)
+        call = "SELECT edge_qualifies(CAST(:s AS real), :p, :c" + ", CAST(:t AS real), :m" * (
+            len(args) > 3
+        )
         names = ("s", "p", "c", "t", "m")
         return bool(
             conn.execute(sa.text(call + ")"), dict(zip(names, args, strict=False))).scalar_one()

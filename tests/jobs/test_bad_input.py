@@ -231,3 +231,44 @@ def test_cli_bad_inputs_print_one_line(family: Pipeline, tmp_path: Path) -> None
         assert len(lines) == 1 and lines[0].startswith(expected), (args, proc.stderr)
     with family.engine.connect() as conn:
         assert table_snapshot(conn) == before
+
+
+def test_more_bad_inputs_print_one_line(family: Pipeline, tmp_path: Path) -> None:
+    """Issue 12, item 4: what used to end in a traceback, a box or a wrong message."""
+    env = family.env()
+    ok = str(tmp_path / "ok.npz")
+    zero = _write(tmp_path, "zero.npy", a=np.zeros((T, 0), np.float32))
+    cases = [
+        (["ingest", "S", "--activations", ok, "--d-sae", "3000000000"], 1, "at most 2,147,483,647"),
+        (["ingest", "S", "--activations", ok, "--d-sae", "2000000000"], 1, "GiB, more than half"),
+        (["ingest", "S", "--activations", str(zero)], 1, "expected at least 1 latent, got 0"),
+        (["db", "reader", "pg_monitor"], 1, "reserved by PostgreSQL"),
+        (["ingest", "S", "--bogus"], 2, "latent-trees ingest: No such option: --bogus"),
+        (["tree"], 2, "latent-trees tree: Missing argument 'label'"),
+        (["tree", "S/1/0", "--threshold", "inf"], 1, "--threshold inf: expected a finite"),
+        (["export", "edges", "-o", "-", "--min-score", "nan"], 1, "--min-score nan: expected"),
+    ]
+    with family.engine.connect() as conn:
+        before = table_snapshot(conn)
+    for args, code, expected in cases:
+        proc = run_cli(*args, env=env, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == code, (args, proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("latent-trees: error: "), (args, lines)
+        assert expected in lines[0], (args, lines)
+    with family.engine.connect() as conn:
+        assert table_snapshot(conn) == before
+
+
+def test_serve_on_a_busy_port_is_one_line(family: Pipeline) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli("serve", "--port", str(port), env=family.env(), check=False, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip() == (
+        f"latent-trees: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )

@@ -4,6 +4,7 @@ leaves the database and the store exactly as they were."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -80,9 +81,14 @@ def test_checkpoint_ingest_equals_brute_force(pipeline: Pipeline, tmp_path: Path
         col = acts[:, j]
         want = sorted(np.nonzero(col)[0], key=lambda t: (-col[t], t))[:10]
         assert got.get(j, []) == [int(t) for t in want]
-    # The family's fingerprint comes from the file's token ids: a matching activation file fits.
+    # The family's fingerprint is the sha256 of its token ids (little-endian int64).
     fingerprint = pipeline.sql("SELECT token_fingerprint FROM family")[0][0]
-    assert fingerprint is not None
+    ids = np.asarray(
+        store.Store.under(pipeline.config.home)
+        .open_inputs(pipeline.sql("SELECT inputs ->> 'path' FROM family")[0][0])
+        .token_ids
+    )
+    assert fingerprint == hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest()
 
 
 def test_contexts_come_from_the_token_texts(pipeline: Pipeline) -> None:

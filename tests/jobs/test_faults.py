@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from service.db import engine as db_engine
 from service.db import migrate, queries, server
-from tests.conftest import REPO, Pipeline, cli_env
+from tests.conftest import REPO, Pipeline, cli_env, short_tmp
 
 pytestmark = pytest.mark.slow
 
@@ -70,12 +70,18 @@ def test_killed_worker_leaves_no_edges_and_the_job_completes_later(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     job_id = heavy_family(pipeline, tmp_path)
-    env = pipeline.env(LATENT_TREES_LEASE_SECONDS="3")
-    first = start_worker(env)
-    wait_for(
-        lambda: pipeline.sql("SELECT state FROM job WHERE id = :j", j=job_id)[0][0] == "running"
+    # A small memory budget cuts the job into hundreds of blocks; the worker logs each one, so
+    # the kill lands inside the compute, after its first block, whatever this machine's speed.
+    env = pipeline.env(
+        LATENT_TREES_LEASE_SECONDS="3",
+        LATENT_TREES_LOG_LEVEL="INFO",
+        LATENT_TREES_MEMORY_BUDGET_GB="0.002",
     )
-    time.sleep(0.5)  # well inside the compute
+    first = start_worker(env)
+    assert first.stderr is not None
+    for line in first.stderr:
+        if f"job {job_id}" in line and "block 1/" in line:
+            break
     first.send_signal(signal.SIGKILL)
     first.communicate()
     assert pipeline.sql("SELECT count(*) FROM edge")[0][0] == 0
@@ -119,7 +125,7 @@ def test_two_workers_run_ten_jobs_exactly_once(pipeline: Pipeline, tmp_path: Pat
 @pytest.fixture
 def own_server() -> Iterator[tuple[Path, str]]:
     """A server of its own, so that restarting it disturbs no other test."""
-    home = Path(f"/tmp/lt-restart-{uuid.uuid4().hex[:8]}")
+    home = short_tmp(f"lt-restart-{uuid.uuid4().hex[:8]}")
     home.mkdir()
     url = server.ensure_running(home)
     yield home, url

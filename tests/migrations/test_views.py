@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import sqlalchemy as sa
 
 from service.db import engine as db_engine
@@ -48,14 +51,26 @@ def test_head_matches_the_view_files(migrated_url: str, fresh_url: str) -> None:
     assert from_files == from_migrations
 
 
-def test_drift_in_a_view_file_would_be_caught(fresh_url: str, migrated_url: str) -> None:
+def test_drift_in_a_view_file_would_be_caught(
+    fresh_url: str, migrated_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A view file edited without a migration: the same path as the test above, from the files.
+    for path in views.files():
+        (tmp_path / path.name).write_text(path.read_text())
+    edited = tmp_path / "02_latent_edges.sql"
+    edited.write_text(edited.read_text().replace("e.n_coactive", "e.n_coactive + 0"))
+    monkeypatch.setattr(views, "FOLDER", tmp_path)
     engine = db_engine.create(fresh_url)
     migrate.upgrade(engine)
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP VIEW latent_edges")
-        conn.exec_driver_sql("CREATE VIEW latent_edges AS SELECT 1 AS parent")
+        views.drop_all(conn)
+        views.create_all(conn)
     engine.dispose()
-    assert _definitions(fresh_url)["latent_edges"] != _definitions(migrated_url)["latent_edges"]
+    from_files, from_migrations = _definitions(fresh_url), _definitions(migrated_url)
+    assert from_files["latent_edges"] != from_migrations["latent_edges"]
+    assert {k: v for k, v in from_files.items() if k != "latent_edges"} == {
+        k: v for k, v in from_migrations.items() if k != "latent_edges"
+    }
 
 
 def _count_views(conn: sa.Connection) -> int:
