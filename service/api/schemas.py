@@ -31,6 +31,12 @@ class Family(BaseModel):
     name: str
     n_tokens: int | None
     saes: list[Sae]
+    suggested_root: str | None = Field(
+        description="a forest root to open first: a tree of 4 to 25 nodes, the deepest"
+    )
+    store_floor: float | None = Field(
+        description="the highest store floor its jobs ran with: the lowest exact threshold"
+    )
 
 
 class Families(BaseModel):
@@ -92,6 +98,8 @@ class LatentCard(BaseModel):
     contexts: list[Context]
     parents: list[ScoredLatent]
     children: list[ScoredLatent]
+    n_parents: int = Field(description="stored edges to parents (`parents` holds up to `limit`)")
+    n_children: int = Field(description="stored edges to children (`children` holds up to `limit`)")
 
 
 class FlatNode(BaseModel):

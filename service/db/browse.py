@@ -109,6 +109,9 @@ def latent_card(
                 sa.text(query + " LIMIT :limit"), params | {"limit": limit}
             ).mappings()
         ]
+        card[f"n_{side}"] = conn.execute(
+            sa.text(f"SELECT count(*) FROM edge WHERE {mine}_id = :id"), params
+        ).scalar_one()
     return card
 
 

@@ -110,9 +110,46 @@ def families(conn: Connection) -> list[dict[str, Any]]:
             {k: v for k, v in row.items() if k != "family_id"}
         )
     return [
-        {"name": row.name, "n_tokens": row.n_tokens, "saes": saes.get(row.id, [])}
+        {
+            "name": row.name,
+            "n_tokens": row.n_tokens,
+            "saes": saes.get(row.id, []),
+            "suggested_root": suggested_root(conn, row.id),
+            "store_floor": store_floor(conn, row.id),
+        }
         for row in conn.execute(sa.select(f.id, f.name, f.n_tokens).order_by(f.name))
     ]
+
+
+# A tree a person can read on one screen: 4 to 25 nodes, the deepest, then the largest.
+SUGGESTED_ROOT = sa.text(
+    """
+    SELECT n.root FROM sae_level s
+    JOIN latent l ON l.sae_id = s.id
+    JOIN tree_nodes n ON n.root = l.label
+    WHERE s.family_id = :family AND s.level = 1
+    GROUP BY n.root
+    ORDER BY count(*) BETWEEN 4 AND 25 DESC, max(n.depth) DESC, count(*) DESC, n.root
+    LIMIT 1
+    """
+)
+
+
+def store_floor(conn: Connection, family_id: int) -> float | None:
+    """The highest store floor the family's finished jobs ran with: thresholds below it would
+    miss edges (None before any job)."""
+    return conn.execute(
+        sa.text(
+            "SELECT max(CAST(j.params ->> 'store_floor' AS float8)) FROM job j"
+            " JOIN sae s ON s.id = j.parent_sae_id WHERE s.family_id = :f AND j.state = 'done'"
+        ),
+        {"f": family_id},
+    ).scalar_one_or_none()
+
+
+def suggested_root(conn: Connection, family_id: int) -> str | None:
+    """A root of the family's forest to open first (a mid-sized tree), None before any tree."""
+    return conn.execute(SUGGESTED_ROOT, {"family": family_id}).scalar_one_or_none()
 
 
 def status(conn: Connection) -> dict[str, Any]:

@@ -58,6 +58,35 @@ def merging_root(base_url: str) -> tuple[str, str, str]:
     raise AssertionError("the planted family has no merge")
 
 
+def test_the_first_view_is_a_readable_tree_with_its_root_in_view(base_url: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    (family,) = api(base_url, "/api/families")["families"]
+    suggested = family["suggested_root"]
+    tree = api(base_url, f"/api/trees/{suggested}", shape="flat")["nodes"]
+    assert 4 <= len(tree) <= 25
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1366, "height": 768})
+        page.goto(f"{base_url}/")  # no hash: the viewer picks the root
+        nodes = page.locator("svg .node")
+        expect(nodes).to_have_count(len(tree))
+        root = page.locator("svg .node.root")
+        expect(root).to_have_attribute("data-label", suggested)
+        assert page.locator("#threshold").get_attribute("min") == str(family["store_floor"])
+        box = root.bounding_box()
+        assert box is not None and 0 <= box["y"] <= 768 - box["height"]  # on screen, unscrolled
+        # The card counts every stored edge, not the fetch limit.
+        card = api(base_url, f"/api/latents/{suggested}", limit=20)
+        expect(page.locator("#card h2")).to_have_text(suggested)
+        heading = page.locator("#card h3", has_text="children").inner_text()
+        assert heading.startswith(f"children ({card['n_children']}")
+        shot = REPO / "out" / "viewer-first.png"
+        shot.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(shot))
+        browser.close()
+
+
 def test_viewer_opens_a_tree_moves_the_threshold_and_shows_a_card(base_url: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 

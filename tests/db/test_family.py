@@ -52,7 +52,9 @@ def test_cli_family_and_status(fresh_url: str, tmp_path: Path) -> None:
     import json
 
     report = json.loads(run_cli("status", "--json", env=env).stdout)
-    assert report["families"] == [{"name": "S", "n_tokens": None, "saes": []}]
+    assert report["families"] == [
+        {"name": "S", "n_tokens": None, "saes": [], "suggested_root": None, "store_floor": None}
+    ]
 
 
 def test_neuronpedia_link(conn: Connection) -> None:

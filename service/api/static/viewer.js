@@ -63,13 +63,25 @@ async function suggest(prefix) {
   return rows;
 }
 
+// The root to open for a family: its suggested root (a tree that fits a screen), else the first
+// latent of its smallest sae.
 async function chooseFamily(families, name) {
   state.family = name;
   $("family").value = name;
   const family = families.find((f) => f.name === name);
+  // The slider starts at the floor the edges were stored with: below it trees would be partial.
+  if (family && family.store_floor !== null) $("threshold").min = String(family.store_floor);
   const first = family && family.saes.length ? family.saes[0].label + "/" : name + "/";
   const rows = await suggest(first);
+  if (family && family.suggested_root) return family.suggested_root;
   return rows.length ? rows[0].label : null;
+}
+
+// Scroll the canvas so that the root sits a third of the way down (wide trees start far down).
+function keepRootInView(root) {
+  const canvas = $("canvas");
+  canvas.scrollTop = Math.max(0, root.y - canvas.clientHeight / 3);
+  canvas.scrollLeft = 0;
 }
 
 // Leaves stacked top to bottom, each parent centred on its children; columns by depth.
@@ -138,6 +150,7 @@ function draw(tree, dag) {
     group.append(g);
   }
   svg.append(links, overlay, group);
+  keepRootInView(tree.root);
 }
 
 async function showTree() {
@@ -164,6 +177,20 @@ async function showTree() {
   }
 }
 
+// A card's parents or children: the neighbouring sae's first (the tree's edges), then those of
+// saes further away (kept from before an sae was inserted between) under a heading of their own.
+function scoredSection(rows, total, kind) {
+  const shown = total > rows.length ? `${total}, ${rows.length} best shown` : `${total}`;
+  const adjacent = rows.filter((r) => r.adjacent);
+  const apart = rows.filter((r) => !r.adjacent);
+  const parts = [el("h3", {}, `${kind} (${shown})`), scoredTable(adjacent, kind)];
+  if (apart.length) {
+    parts.push(el("h4", { class: "muted" }, `not adjacent (${apart.length}): an sae was inserted between`));
+    parts.push(scoredTable(apart, `${kind} apart`));
+  }
+  return parts;
+}
+
 function scoredTable(rows, kind) {
   if (!rows.length) return el("p", { class: "muted" }, `no stored ${kind}`);
   const table = el("table", { class: kind });
@@ -176,7 +203,6 @@ function scoredTable(rows, kind) {
     const link = el("a", { "data-label": row.label, title: "show its card" }, row.label);
     link.addEventListener("click", () => showCard(row.label));
     cell.append(link);
-    if (!row.adjacent) cell.append(el("span", { class: "muted" }, " (not adjacent)"));
     tr.append(cell);
     for (const v of [row.score, row.masked_cos, row.max_ratio, row.mcs]) tr.append(el("td", {}, fmt(v)));
     tr.append(el("td", {}, String(row.n_coactive)));
@@ -225,8 +251,8 @@ async function showCard(label) {
     } else if (c.contexts.length) {
       parts.push(el("p", { class: "muted" }, `top activations at tokens ${c.contexts.map((x) => x.position).slice(0, 5).join(", ")} (texts unknown)`));
     }
-    parts.push(el("h3", {}, `parents (${c.parents.length})`), scoredTable(c.parents, "parents"));
-    parts.push(el("h3", {}, `children (${c.children.length})`), scoredTable(c.children, "children"));
+    parts.push(...scoredSection(c.parents, c.n_parents, "parents"));
+    parts.push(...scoredSection(c.children, c.n_children, "children"));
     card.replaceChildren(...parts);
   } catch (error) {
     card.replaceChildren(el("p", { class: "error" }, error.message));
