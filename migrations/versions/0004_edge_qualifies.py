@@ -1,4 +1,4 @@
-"""one definition of "qualifies": function edge_qualifies(), used by tree_edges and latent_tree()
+"""edge_qualifies(), the one definition of "qualifies"; latent_tree() linear in its size
 
 Revision ID: 0004
 Revises: 0003
@@ -6,6 +6,8 @@ Create Date: 2026-11-25
 
 Scores are compared as real everywhere (latent_tree() compared real to real, tree_edges double
 to double: a score stored as real(0.6) qualified in the forest and not in the rooted tree).
+latent_tree() looks reached parents up in one jsonb object and aggregates each node's parents
+once (its self-join and its per-node subqueries were quadratic in the size of the tree).
 EDGE_QUALIFIES, TREE_EDGES, TREE_NODES and LATENT_TREE are frozen copies of
 service/db/views/00_edge_qualifies.sql, 03_tree_edges.sql, 04_tree_nodes.sql and
 05_latent_tree.sql as of this revision; the OLD_ ones are revision 0002's, for downgrade.
@@ -114,32 +116,44 @@ WITH RECURSIVE reach (id, sae_id, depth) AS (
     WHERE edge_qualifies(
         e.score, p.n_active, c.n_active, latent_tree.threshold, latent_tree.min_active_tokens
     )
+), seen AS (
+    -- The reached set as one lookup (id -> depth): a CTE joined to itself is planned as if it
+    -- held ten rows, and that join went quadratic in the size of the tree.
+    SELECT jsonb_object_agg(id::text, depth) AS depth_of FROM reach
 ), ranked AS (
+    -- Every qualifying edge into a reached node from a reached node one level up.
     SELECT e.child_id,
+           rc.depth,
            p.label AS parent_label,
            e.score,
            row_number() OVER (PARTITION BY e.child_id ORDER BY e.score DESC, p.idx) AS rank
     FROM reach rc
+    CROSS JOIN seen
     JOIN edge e ON e.child_id = rc.id
-    JOIN reach rp ON rp.id = e.parent_id AND rp.depth = rc.depth - 1
     JOIN latent p ON p.id = e.parent_id
     JOIN latent c ON c.id = e.child_id
-    WHERE edge_qualifies(
+    WHERE (seen.depth_of ->> e.parent_id::text)::integer = rc.depth - 1
+      AND edge_qualifies(
         e.score, p.n_active, c.n_active, latent_tree.threshold, latent_tree.min_active_tokens
     )
+), parents AS (
+    SELECT child_id,
+           depth,
+           (array_agg(parent_label ORDER BY rank))[1] AS parent_label,
+           (array_agg(score ORDER BY rank))[1] AS score,
+           (array_agg(parent_label ORDER BY rank))[2:] AS other_parents
+    FROM ranked
+    GROUP BY child_id, depth
 )
-SELECT n.label,
-       b.parent_label,
-       r.depth,
-       b.score,
-       COALESCE(
-           (SELECT array_agg(o.parent_label ORDER BY o.rank)
-            FROM ranked o WHERE o.child_id = r.id AND o.rank > 1),
-           '{}'::text[])
-FROM reach r
-JOIN latent n ON n.id = r.id
-LEFT JOIN ranked b ON b.child_id = r.id AND b.rank = 1
-ORDER BY r.depth, n.label;
+-- The root, then every other reached node (each has at least one reached parent).
+SELECT l.label, NULL::text, 0, NULL::real, '{}'::text[]
+FROM latent l
+WHERE l.label = latent_tree.root
+UNION ALL
+SELECT n.label, b.parent_label, b.depth, b.score, b.other_parents
+FROM parents b
+JOIN latent n ON n.id = b.child_id
+ORDER BY 3, 1;
 $fn$;
 """
 
