@@ -41,6 +41,18 @@ class Failure:
 Report = Callable[[edges.Outcome | Failure], None]
 
 
+def _not_a_skipped_poll(record: logging.LogRecord) -> bool:
+    return "maximum number of running instances" not in record.getMessage()
+
+
+def quiet_skipped_polls() -> None:
+    """A poll that comes while the previous one still runs a job is skipped, as it should be:
+    APScheduler's warning about it, every poll interval, says nothing to act on."""
+    scheduler_log = logging.getLogger("apscheduler.scheduler")
+    if _not_a_skipped_poll not in scheduler_log.filters:
+        scheduler_log.addFilter(_not_a_skipped_poll)
+
+
 def exit_code(results: list[edges.Outcome | Failure]) -> int:
     """1 if a job ended failed (not one that failed once and then ran), else 0."""
     return int(any(isinstance(r, Failure) and r.state == "failed" for r in results))
@@ -123,11 +135,7 @@ class Worker:
     def serve(self, libpq_url: str, stop: threading.Event | None = None) -> None:
         """Run the scheduler until SIGTERM, SIGINT or `stop` is set."""
         stop = stop or threading.Event()
-        # A poll that comes while the previous one still runs a job is skipped, as it should be:
-        # not worth a warning every poll interval.
-        logging.getLogger("apscheduler.scheduler").addFilter(
-            lambda record: "maximum number of running instances" not in record.getMessage()
-        )
+        quiet_skipped_polls()
         scheduler = BlockingScheduler(timezone=dt.UTC)
         now = dt.datetime.now(dt.UTC)
         common = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}

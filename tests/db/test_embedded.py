@@ -35,7 +35,7 @@ def test_embedded_server_starts_is_reused_and_survives_processes(home: Path) -> 
     with psycopg.connect(first) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == (server.DATABASE,)
 
-    run_cli("db", "upgrade", env=env)
+    # A new embedded database needs no `db upgrade` (the README's promise): it is migrated.
     assert "family S created" in run_cli("family", "create", "S", env=env).stdout
 
     stopped = run_cli("db", "stop", env=env).stdout

