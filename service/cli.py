@@ -258,21 +258,25 @@ def job_list(
         return
     table = Table("id", "pair", "state", "attempts", "worker", "lease", "edges", "seconds", "error")
     for r in rows:
-        lease = "-"
-        if r["lease_until"] is not None:
-            lease = "expired" if r["lease_expired"] else f"until {r['lease_until']:%H:%M:%S}"
         table.add_row(
             str(r["id"]),
             f"{r['parent']} -> {r['child']}",
             r["state"],
             f"{r['attempts']}/{r['max_attempts']}",
             r["worker"] or "-",
-            lease,
+            _lease(r),
             f"{r['n_edges']:,}" if r["n_edges"] is not None else "-",
             f"{r['seconds']:.1f}" if r["seconds"] is not None and r["state"] != "running" else "-",
             (r["error"] or "")[:80],
         )
     out.print(table)
+
+
+def _lease(job: dict[str, Any]) -> str:
+    """A job's lease in words: "expired", "until 12:34:56", or "-" without one."""
+    if job["lease_until"] is None:
+        return "-"
+    return "expired" if job["lease_expired"] else f"until {job['lease_until']:%H:%M:%S}"
 
 
 @job_app.command("retry")
@@ -404,8 +408,7 @@ def worker_cmd(
         for j in running:  # held by another worker, or by a dead one until its lease runs out
             out.print(
                 f"job {j['id']} {j['parent']} -> {j['child']} is running on {j['worker']}"
-                f" (lease {'expired' if j['lease_expired'] else 'until'}"
-                f"{'' if j['lease_expired'] else ' ' + format(j['lease_until'], '%H:%M:%S')})",
+                f" (lease {_lease(j)})",
                 markup=False,
             )
         if code := worker.exit_code(results):

@@ -133,7 +133,7 @@ def export(engine: Engine, request: Request) -> Written:
             "version": service.__version__,
             "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "family": request.family,
-            "store_floor": browse.store_floors(conn, request.family),
+            "store_floor": queries.store_floors(conn, request.family),
             **_parameters(request),
         }
         query, params = _query(conn, request)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -129,17 +128,19 @@ def _commit(
     return Ingested(final_name, stats.d_sae, stats.n_tokens, stored.nnz, job_ids, source)
 
 
-# Memory an ingest holds per latent, beyond 12 bytes per kept top activation (a position and a
-# value): statistics and the latent row it writes, rounded up.
 MAX_D_SAE = 2**31 - 1  # latent indices are int4 in the database
+# Memory an ingest holds per latent: statistics and the latent row it writes, rounded up, and
+# per kept top activation (a position and a value).
+_BYTES_PER_LATENT = 64
+_BYTES_PER_TOP_ACTIVATION = 12
 
 
 def check_width(config: settings.Settings, what: str, d_sae: int) -> None:
     """Refuse a width the database or this machine's memory cannot hold, saying why."""
     if d_sae > MAX_D_SAE:
         raise errors.BadInput(f"{what}: d_sae {d_sae:,}: at most {MAX_D_SAE:,} latents")
-    need = d_sae * (64 + 12 * config.top_activations)
-    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    need = d_sae * (_BYTES_PER_LATENT + _BYTES_PER_TOP_ACTIVATION * config.top_activations)
+    memory = device_.host_memory()
     if need > memory // 2:
         raise errors.BadInput(
             f"{what}: d_sae {d_sae:,}: its per-latent statistics and top activations need"

@@ -38,13 +38,6 @@ class SparseChunk:
             self.values.to(device, non_blocking=nb),
         )
 
-    def restrict(self, lo: int, hi: int) -> SparseChunk:
-        """Only the entries of latents in [lo, hi), with latent indices shifted by -lo."""
-        keep = (self.cols >= lo) & (self.cols < hi)
-        return SparseChunk(
-            self.start, self.n_tokens, self.rows[keep], self.cols[keep] - lo, self.values[keep]
-        )
-
 
 class ChunkSource(Protocol):
     """Activations of one sae over a token set, readable again and again in token chunks."""

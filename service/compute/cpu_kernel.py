@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+import torch
 
 from service.compute import layout, scores
 
@@ -83,16 +84,11 @@ def _aligned_lines(n_threads: int, d_child: int) -> np.ndarray:
     return raw[skip : skip + n_threads * d_child * LINE].reshape(n_threads, d_child, LINE)
 
 
-# A block's candidates, column by column, in the dtypes of `scores.DTYPES` (and parent_top).
+# A block's candidates, column by column, in the dtypes of `scores.DTYPES`, and whether each is
+# among its parent's top_children (exact: a row is whole in a call).
 COLUMNS = {
-    "parent": np.int32,
-    "child": np.int32,
-    "masked_cos": np.float32,
-    "masked_cos_parent": np.float32,
-    "max_ratio": np.float32,
-    "score": np.float64,
-    "n_coactive": np.int32,
-    "parent_top": np.bool_,  # among its parent's top_children (exact: a row is whole in a call)
+    **{name: torch.empty(0, dtype=dtype).numpy().dtype for name, dtype in scores.DTYPES.items()},
+    "parent_top": np.dtype(np.bool_),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from service import errors
@@ -19,6 +21,11 @@ def resolve(device: str | torch.device = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as exc:
         raise errors.ServiceError(f"unknown device {device!r}: expected auto, cpu or cuda") from exc
+
+
+def host_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def free_memory(device: torch.device) -> int | None:

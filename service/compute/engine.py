@@ -16,7 +16,6 @@ device, the fallback).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,8 +57,7 @@ def default_budget(device: torch.device) -> int:
     """16 GiB, or 80% of what is free on the GPU / 25% of host memory if that is less."""
     free = device_.free_memory(device)
     if free is None:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        return int(min(16 * GiB, pages // 4))
+        return int(min(16 * GiB, device_.host_memory() // 4))
     return int(min(16 * GiB, free * 0.8))
 
 

@@ -35,10 +35,6 @@ class TokenMajor:
     def n_tokens(self) -> int:
         return len(self.indptr) - 1
 
-    @property
-    def nnz(self) -> int:
-        return int(self.indptr[-1])
-
 
 @dataclass(frozen=True)
 class LatentMajor:
@@ -49,10 +45,6 @@ class LatentMajor:
     indptr: np.ndarray  # int64 [hi - lo + 1]
     tokens: np.ndarray  # int32 [nnz], sorted within each latent
     values: np.ndarray  # float32 [nnz]
-
-    @property
-    def nnz(self) -> int:
-        return int(self.indptr[-1])
 
 
 @runtime_checkable

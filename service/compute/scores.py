@@ -99,9 +99,6 @@ class Edges:
 
     def select(self, keep: Tensor) -> Edges:
         """The edges at `keep` (a mask or an index tensor)."""
-        if keep.device.type == "cpu" and self.parent.device.type == "cpu":
-            at = keep.numpy()  # numpy's take and compress: several times torch's on the CPU
-            return Edges(*(_pick(getattr(self, f.name), at) for f in fields(self)))
         return Edges(*(getattr(self, f.name)[keep] for f in fields(self)))
 
     @staticmethod
@@ -115,8 +112,7 @@ class Edges:
 
     def sorted(self) -> Edges:
         """Ordered by child, then score descending, then parent: best parents first."""
-        order, _rank = order_and_rank(self.child, self.score, self.parent)
-        return self.select(order)
+        return self.select(_order(self.child, self.score, self.parent))
 
     def compact(self, keep: Tensor) -> Edges:
         """The edges at mask `keep`, moved to the front of these very columns (no copy: the
@@ -169,13 +165,6 @@ def _compact(column: np.ndarray, keep: np.ndarray) -> int:
     return n
 
 
-def _pick(column: Tensor, at: np.ndarray) -> Tensor:
-    values = column.numpy()
-    return torch.from_numpy(
-        np.compress(at, values) if at.dtype == np.bool_ else np.take(values, at)
-    )
-
-
 def empty() -> Edges:
     return Edges.of(*(torch.zeros(0) for _ in fields(Edges)))
 
@@ -210,13 +199,19 @@ def finalize(candidates: Edges, params: EdgeParams, parent_top: Tensor | None = 
     return c.compact(keep)
 
 
-def _rank(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
-    """`order_and_rank`'s rank in torch ops, on the tensors' device (a GPU block's pairs)."""
-    if len(group) == 0:
-        return torch.zeros(0, dtype=torch.int64, device=group.device)
+def _order(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
+    """The order by group, then score descending, then `tie` ascending (the ranking rule of
+    every top-k here; `_top_k` is the same rule compiled, for the CPU's tens of millions)."""
     order = torch.argsort(tie, stable=True)
     order = order[torch.argsort(-score[order], stable=True)]
-    order = order[torch.argsort(group[order], stable=True)]
+    return order[torch.argsort(group[order], stable=True)]
+
+
+def _rank(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
+    """Each pair's rank within its group in `_order`, on the tensors' device (a GPU block's)."""
+    if len(group) == 0:
+        return torch.zeros(0, dtype=torch.int64, device=group.device)
+    order = _order(group, score, tie)
     g = group[order]
     new_run = torch.ones_like(g, dtype=torch.bool)
     new_run[1:] = g[1:] != g[:-1]
@@ -261,50 +256,3 @@ def _top_k(
         ks, kt = best_s[g, k - 1], best_t[g, k - 1]
         keep[i] = s > ks or (s == ks and t <= kt)
     return keep
-
-
-def order_and_rank(group: Tensor, score: Tensor, tie: Tensor) -> tuple[Tensor, Tensor]:
-    """The order by group, then score descending, then `tie` ascending, and each pair's rank
-    within its group in that order (CPU tensors; `_rank` is the same rule in torch ops)."""
-    if len(group) == 0:
-        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
-    g = group.numpy()
-    order, rank = _order_and_rank(g, score.numpy(), tie.numpy(), int(g.max()) + 1)
-    return torch.from_numpy(order), torch.from_numpy(rank)
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _order_and_rank(
-    group: np.ndarray, score: np.ndarray, tie: np.ndarray, n_groups: int
-) -> tuple[np.ndarray, np.ndarray]:
-    starts = np.zeros(n_groups + 1, np.int64)
-    for i in range(len(group)):
-        starts[group[i] + 1] += 1
-    for g in range(n_groups):
-        starts[g + 1] += starts[g]
-    order = np.empty(len(group), np.int64)
-    fill = starts[:-1].copy()
-    for i in range(len(group)):  # counting sort by group (stable)
-        order[fill[group[i]]] = i
-        fill[group[i]] += 1
-    rank = np.empty(len(group), np.int64)
-    for g in numba.prange(n_groups):
-        lo, hi = starts[g], starts[g + 1]
-        seg = order[lo:hi]
-        if hi - lo > 32:  # two stable sorts, least significant key first
-            by_tie = seg[np.argsort(tie[seg], kind="mergesort")]
-            seg[:] = by_tie[np.argsort(-score[by_tie], kind="mergesort")]
-        # Insertion sort by (score desc, tie asc) for small groups (most: a latent's edges).
-        for i in range(1, (hi - lo) if hi - lo <= 32 else 0):
-            x = seg[i]
-            k = i
-            while k > 0 and (
-                score[seg[k - 1]] < score[x]
-                or (score[seg[k - 1]] == score[x] and tie[seg[k - 1]] > tie[x])
-            ):
-                seg[k] = seg[k - 1]
-                k -= 1
-            seg[k] = x
-        for k in range(hi - lo):
-            rank[seg[k]] = k
-    return order, rank

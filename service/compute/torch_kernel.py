@@ -68,8 +68,9 @@ class Rows:
                             c_values,
                         )
                     )
-        touched = torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long)
-        touched = touched.to(dev)
+        touched = (
+            torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long, device=dev)
+        )
         sums = self.sums[:, touched]
         self.sums[:, touched] = 0
         return touched // self.d_child, touched % self.d_child, sums

@@ -294,16 +294,3 @@ def forest_query(family: str | None) -> str:
         " FROM tree_nodes n LEFT JOIN tree_edges e ON e.child = n.node"
         f" {condition} ORDER BY n.root, n.path"
     )
-
-
-def store_floors(conn: Connection, family: str | None) -> list[float]:
-    """The store floors the jobs (of one family) ran with."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT DISTINCT CAST(j.params ->> 'store_floor' AS float8) FROM job j"
-            " JOIN sae s ON s.id = j.parent_sae_id JOIN family f ON f.id = s.family_id"
-            " WHERE j.state = 'done' AND (CAST(:family AS text) IS NULL OR f.name = :family)"
-        ),
-        {"family": family},
-    ).scalars()
-    return sorted(float(x) for x in rows if x is not None)

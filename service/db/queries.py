@@ -115,7 +115,8 @@ def families(conn: Connection) -> list[dict[str, Any]]:
             "n_tokens": row.n_tokens,
             "saes": saes.get(row.id, []),
             "suggested_root": suggested_root(conn, row.id),
-            "store_floor": store_floor(conn, row.id),
+            # The highest floor its jobs stored with: the lowest threshold that is exact.
+            "store_floor": max(store_floors(conn, row.name), default=None),
         }
         for row in conn.execute(sa.select(f.id, f.name, f.n_tokens).order_by(f.name))
     ]
@@ -135,16 +136,17 @@ SUGGESTED_ROOT = sa.text(
 )
 
 
-def store_floor(conn: Connection, family_id: int) -> float | None:
-    """The highest store floor the family's finished jobs ran with: thresholds below it would
-    miss edges (None before any job)."""
-    return conn.execute(
+def store_floors(conn: Connection, family: str | None) -> list[float]:
+    """The store floors the jobs (of one family) ran with."""
+    rows = conn.execute(
         sa.text(
-            "SELECT max(CAST(j.params ->> 'store_floor' AS float8)) FROM job j"
-            " JOIN sae s ON s.id = j.parent_sae_id WHERE s.family_id = :f AND j.state = 'done'"
+            "SELECT DISTINCT CAST(j.params ->> 'store_floor' AS float8) FROM job j"
+            " JOIN sae s ON s.id = j.parent_sae_id JOIN family f ON f.id = s.family_id"
+            " WHERE j.state = 'done' AND (CAST(:family AS text) IS NULL OR f.name = :family)"
         ),
-        {"f": family_id},
-    ).scalar_one_or_none()
+        {"family": family},
+    ).scalars()
+    return sorted(float(x) for x in rows if x is not None)
 
 
 def suggested_root(conn: Connection, family_id: int) -> str | None:

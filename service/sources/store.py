@@ -191,7 +191,7 @@ class Store:
 
     def size(self, rel_path: str) -> int:
         """Bytes on disk of one entry."""
-        return sum(f.stat().st_size for f in (self.root / rel_path).rglob("*") if f.is_file())
+        return _folder_size(self.root / rel_path)
 
     def sweep_tmp(self) -> tuple[int, int]:
         """Remove temporary folders left by killed writers; (folders, bytes) removed."""
@@ -203,7 +203,7 @@ class Store:
             try:
                 if time.time() - tmp.stat().st_mtime < _TMP_GRACE_SECONDS:
                     continue
-                size = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+                size = _folder_size(tmp)
                 try:
                     fd = os.open(tmp / ".lock", os.O_RDONLY)
                 except FileNotFoundError:
@@ -339,6 +339,10 @@ class StoreSource:
                 torch.from_numpy(np.asarray(self.indices[lo:hi], dtype=np.int64)),
                 torch.from_numpy(np.array(self.values[lo:hi])),
             )
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def _map(path: Path, dtype: type, shape: tuple[int]) -> np.ndarray:
