@@ -25,8 +25,8 @@ from psycopg import sql
 from sqlalchemy.engine import Connection, Engine
 
 from service import ingest, settings
+from service.db import edges, migrate, server
 from service.db import engine as db_engine
-from service.db import migrate, server, views
 from service.jobs import worker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,10 +186,13 @@ def pipeline(migrated_url: str, engine: Engine, tmp_path: Path) -> Iterator[Pipe
 
     def empty() -> None:
         with engine.begin() as conn:
+            edges.drop_all(conn)
             conn.execute(
-                sa.text("TRUNCATE family, sae, latent, job, edge RESTART IDENTITY CASCADE")
+                sa.text(
+                    "TRUNCATE family, sae, latent, job, edge, tree_edges, tree_nodes"
+                    " RESTART IDENTITY CASCADE"
+                )
             )
-            views.refresh(conn)
 
     empty()
     home = tmp_path / "home"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -92,3 +93,47 @@ def qualifying(
         and n_parent[p] >= min_active_tokens
         and n_child[c] >= min_active_tokens
     }
+
+
+def forest_of(conn: object) -> tuple[set[tuple[str, str, float, int]], set[tuple[str, str, int]]]:
+    """The forest (tree_edges rows, tree_nodes rows without the path) computed in Python from
+    the stored latents and edges: each latent's best parent is its qualifying parent in the next
+    smaller sae with the highest score (ties: lowest index), at 0.6 and 10 active tokens."""
+    import sqlalchemy as sa
+
+    run = conn.execute  # type: ignore[attr-defined]
+    saes = run(sa.text("SELECT id, family_id, d_sae FROM sae")).all()
+    latents = {
+        r.id: r for r in run(sa.text("SELECT id, sae_id, idx, label, n_active FROM latent")).all()
+    }
+    by_family: dict[int, list[tuple[int, int]]] = {}
+    for sae_id, family_id, d_sae in saes:
+        by_family.setdefault(family_id, []).append((d_sae, sae_id))
+    next_of = {}
+    for members in by_family.values():
+        members.sort()
+        next_of.update({a[1]: b[1] for a, b in itertools.pairwise(members)})
+    best: dict[int, tuple[float, int, int]] = {}  # child -> (score, -idx of parent, parent)
+    for parent_id, child_id, score in run(sa.text("SELECT parent_id, child_id, score FROM edge")):
+        p, c = latents[parent_id], latents[child_id]
+        qualifies = score > np.float32(0.6) and p.n_active >= 10 and c.n_active >= 10
+        if next_of.get(p.sae_id) != c.sae_id or not qualifies:
+            continue
+        key = (score, -p.idx, parent_id)
+        if child_id not in best or key[:2] > best[child_id][:2]:
+            best[child_id] = key
+    nodes, edges = set(), set()
+
+    def place(latent_id: int) -> tuple[str, int]:
+        if latent_id not in best:
+            return latents[latent_id].label, 0
+        root, depth = place(best[latent_id][2])
+        return root, depth + 1
+
+    for latent_id, latent in latents.items():
+        root, depth = place(latent_id)
+        nodes.add((root, latent.label, depth))
+        if latent_id in best:
+            score, _, parent_id = best[latent_id]
+            edges.add((latent.label, latents[parent_id].label, score, depth))
+    return edges, nodes

@@ -3,7 +3,7 @@
 Every API read runs in one REPEATABLE READ transaction whose first statement takes its snapshot,
 `pg_current_snapshot()`: the set of committed transactions it sees. Equal snapshots see equal
 data, so a body rendered under one snapshot answers any later request made under the same one,
-and any commit (an ingest, a job's edges, a view refresh) makes every entry miss. Nothing is ever
+and any commit (an ingest, a job's edges and forest) makes every entry miss. Nothing is ever
 served stale; dashboards polling the same trees cost one short query each.
 """
 

@@ -30,18 +30,31 @@ def binary_rows(columns: Mapping[str, tuple[np.ndarray, str]]) -> np.ndarray:
     return records
 
 
-def copy_in(conn: Connection, table: str, columns: Mapping[str, tuple[np.ndarray, str]]) -> int:
-    """COPY the columns into `table` inside the connection's transaction; returns the row count."""
-    records = binary_rows(columns)
+def copy_in(
+    conn: Connection,
+    table: str,
+    columns: Mapping[str, tuple[np.ndarray, str]],
+    *,
+    freeze: bool = False,
+    rows_per_write: int = ROWS_PER_WRITE,
+) -> int:
+    """COPY the columns into `table` inside the connection's transaction; returns the row count.
+
+    Slices are encoded as they are sent, so that encoding overlaps the server's work. `freeze`:
+    rows are written frozen (only for a table created or truncated in this transaction)."""
+    n_rows = len(next(iter(columns.values()))[0]) if columns else 0
     raw = conn.connection.driver_connection
     assert raw is not None
     names = ", ".join(columns)
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as cp:
+    options = "FORMAT BINARY, FREEZE" if freeze else "FORMAT BINARY"
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({names}) FROM STDIN ({options})") as cp:
         cp.write(HEADER)
-        for start in range(0, len(records), ROWS_PER_WRITE):
-            cp.write(records[start : start + ROWS_PER_WRITE].tobytes())
+        for start in range(0, n_rows, rows_per_write):
+            stop = start + rows_per_write
+            piece = {name: (values[start:stop], kind) for name, (values, kind) in columns.items()}
+            cp.write(binary_rows(piece).tobytes())
         cp.write(TRAILER)
-    return len(records)
+    return n_rows
 
 
 def copy_rows(

@@ -12,21 +12,10 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
 from service import errors
-from service.db import copy, tables
+from service.db import edges, forest, tables
 
 # NOTIFY channel on which planned jobs wake the workers.
 CHANNEL = "latent_trees_jobs"
-
-EDGE_COLUMNS = (
-    ("parent_id", "int4"),
-    ("child_id", "int4"),
-    ("job_id", "int4"),
-    ("masked_cos", "float4"),
-    ("masked_cos_parent", "float4"),
-    ("max_ratio", "float4"),
-    ("score", "float4"),
-    ("n_coactive", "int4"),
-)
 
 
 class LeaseLost(errors.ServiceError):
@@ -136,7 +125,8 @@ def inputs(conn: Connection, job: Claim) -> JobInputs:
 
 
 def publish(conn: Connection, job: Claim, columns: dict[str, np.ndarray]) -> int:
-    """In one transaction: stage the edges by binary COPY, replace the job's edges, mark it done.
+    """In one transaction: mark the job done, make `columns` its edges (its partition of `edge`)
+    and bring its family's forest up to date from the job's child sae down.
 
     Raises LeaseLost (and the transaction rolls back) if the job is no longer ours."""
     done = conn.execute(
@@ -148,15 +138,8 @@ def publish(conn: Connection, job: Claim, columns: dict[str, np.ndarray]) -> int
     )
     if done.rowcount != 1:
         raise LeaseLost(f"job {job.id}: lease lost; its edges were not written")
-    conn.exec_driver_sql(
-        "CREATE TEMP TABLE edge_stage (LIKE edge INCLUDING DEFAULTS) ON COMMIT DROP"
-    )
-    n = copy.copy_in(
-        conn, "edge_stage", {name: (columns[name], kind) for name, kind in EDGE_COLUMNS}
-    )
-    conn.execute(sa.text("DELETE FROM edge WHERE job_id = :id"), {"id": job.id})
-    conn.exec_driver_sql("INSERT INTO edge SELECT * FROM edge_stage")
-    conn.exec_driver_sql("DROP TABLE edge_stage")
+    n = edges.publish(conn, job.id, columns)
+    forest.update_from_sae(conn, job.child_sae_id)
     return n
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
 from service import errors
-from service.db import copy, tables
+from service.db import copy, edges, forest, tables
 
 _NAME = re.compile(tables.NAME_PATTERN)
 
@@ -251,14 +251,21 @@ def contexts(
 
 
 def delete_family(conn: Connection, name: str) -> bool:
-    """Delete a family with its saes, latents, jobs and edges; False if there was none."""
-    conn.execute(
+    """Delete a family with its saes, latents, jobs, edges and forest; False if there was none."""
+    job_ids = conn.execute(
         sa.text(
-            "DELETE FROM edge WHERE job_id IN (SELECT j.id FROM job j JOIN sae s"
+            "DELETE FROM job WHERE id IN (SELECT j.id FROM job j JOIN sae s"
             " ON s.id = j.parent_sae_id JOIN family f ON f.id = s.family_id WHERE f.name = :n)"
+            " RETURNING id"
         ),
         {"n": name},
-    )
+    ).scalars()
+    edges.drop(conn, list(job_ids))
+    sae_ids = conn.execute(
+        sa.text("SELECT s.id FROM sae s JOIN family f ON f.id = s.family_id WHERE f.name = :n"),
+        {"n": name},
+    ).scalars()
+    forest.forget(conn, list(sae_ids))
     deleted = conn.execute(sa.delete(tables.Family).where(tables.Family.name == name))
     return deleted.rowcount == 1
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from service import errors
-from service.db import copy, jobs, queries, tables
+from service.db import copy, edges, forest, jobs, queries, tables
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,11 @@ def add(
     conn.exec_driver_sql("DROP TABLE latent_stage")
     if stats.top_positions is not None and stats.top_values is not None:
         _add_top(conn, sae_id, stats.top_positions, stats.top_values)
-    return sae_id, jobs.plan_for(conn, sae_id, job_params)
+    planned = jobs.plan_for(conn, sae_id, job_params)
+    # Its latents join the forest as roots; an sae inserted between two others also takes
+    # the best parents of the next larger one (their old pair is no longer adjacent).
+    forest.update_from_sae(conn, sae_id)
+    return sae_id, planned
 
 
 def _add_top(conn: Connection, sae_id: int, positions: np.ndarray, values: np.ndarray) -> None:
@@ -204,18 +208,23 @@ def delete(conn: Connection, name: str, job_params: dict[str, Any]) -> Deleted:
         raise errors.UnknownSae(f"unknown sae {name!r}")
     # Serialise with ingests of the family (they lock its row too).
     conn.execute(sa.text("SELECT id FROM family WHERE id = :f FOR UPDATE"), {"f": row.family_id})
-    n_edges = conn.execute(
-        sa.text(
-            "DELETE FROM edge WHERE job_id IN (SELECT id FROM job"
-            " WHERE parent_sae_id = :s OR child_sae_id = :s)"
-        ),
+    # Its jobs' rows first (a publishing worker holds its job's row, then locks `edge`: the
+    # same order here cannot deadlock with it), then their partitions.
+    job_ids = conn.execute(
+        sa.text("DELETE FROM job WHERE parent_sae_id = :s OR child_sae_id = :s RETURNING id"),
         {"s": row.id},
-    ).rowcount
+    ).scalars()
+    n_edges = edges.drop(conn, list(job_ids))
     n_latents = conn.execute(
         sa.text("SELECT count(*) FROM latent WHERE sae_id = :s"), {"s": row.id}
     ).scalar_one()
-    conn.execute(sa.delete(tables.Sae).where(tables.Sae.id == row.id))
+    forest.forget(conn, [row.id])
+    d_sae = conn.execute(
+        sa.delete(tables.Sae).where(tables.Sae.id == row.id).returning(tables.Sae.d_sae)
+    ).scalar_one()
     planned = []
     if row.prev_id and row.next_id:
         planned = jobs.plan(conn, [(row.prev_id, row.next_id)], job_params)
+    # The next larger sae lost its parents: its level and those below are rewritten.
+    forest.update(conn, row.family_id, d_sae)
     return Deleted(name, row.activations_path, int(n_latents), int(n_edges), planned)

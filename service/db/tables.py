@@ -138,15 +138,19 @@ class Job(Base):
 class Edge(Base):
     """A scored pair: parent latent in a smaller sae, child latent in the next larger one.
 
+    Partitioned by job: each job's edges are one table (`edge_job_<id>`), loaded, indexed and
+    attached whole when the job is published, dropped whole when they go (service/db/edges.py).
     No foreign keys: checking three per row made publishing 3.5x slower (bench/pipeline.py).
-    A job writes only latent ids it read from the same database, and deleting a family
-    deletes its edges explicitly (queries.delete_family)."""
+    A job writes only latent ids it read from the same database, and deleting an sae or a family
+    drops its jobs' partitions explicitly."""
 
     __tablename__ = "edge"
 
     parent_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     child_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(sa.Integer)
+    # In the primary key because PostgreSQL asks a partitioned table's keys to hold its
+    # partition key; a pair belongs to one job, so (parent_id, child_id) is unique as well.
+    job_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     masked_cos: Mapped[float] = mapped_column(sa.REAL)
     masked_cos_parent: Mapped[float] = mapped_column(sa.REAL)
     max_ratio: Mapped[float] = mapped_column(sa.REAL)
@@ -156,14 +160,37 @@ class Edge(Base):
     __table_args__ = (
         # The best-parent lookup of the forest and the rooted tree: child -> parents by score.
         sa.Index("ix_edge_child_score", "child_id", sa.text("score DESC"), "parent_id"),
-        sa.Index("ix_edge_job_id", "job_id"),
         sa.CheckConstraint("n_coactive > 0", name="coactive"),
         sa.CheckConstraint(
             "masked_cos >= 0 AND masked_cos_parent >= 0 AND max_ratio >= 0 AND score >= 0"
             " AND score < 'Infinity'::real AND max_ratio < 'Infinity'::real",
             name="finite_scores",
         ),
+        {"postgresql_partition_by": "LIST (job_id)"},
     )
+
+
+class TreeEdge(Base):
+    """The forest at the default threshold: each latent with a qualifying parent, its best one
+    (service/db/forest.py keeps it up to date, per family, from the level a change touched)."""
+
+    __tablename__ = "tree_edges"
+
+    child: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    parent: Mapped[str] = mapped_column(sa.Text, index=True)
+    score: Mapped[float] = mapped_column(sa.REAL)
+    depth: Mapped[int] = mapped_column(sa.Integer)
+
+
+class TreeNode(Base):
+    """Every latent of the forest with its root, depth and the path of labels from the root."""
+
+    __tablename__ = "tree_nodes"
+
+    root: Mapped[str] = mapped_column(sa.Text, index=True)
+    node: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    depth: Mapped[int] = mapped_column(sa.Integer)
+    path: Mapped[list[str]] = mapped_column(pg.ARRAY(sa.Text))
 
 
 class Token(Base):

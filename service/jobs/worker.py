@@ -1,7 +1,7 @@
 """The worker: claims jobs from the `job` table and runs them; APScheduler only fires triggers.
 
-Scheduled in one process (memory job store, never shared): `poll` drains claimable jobs,
-`reap` fails jobs whose workers died too often, `refresh` retries a view refresh that failed.
+Scheduled in one process (memory job store, never shared): `poll` drains claimable jobs and
+`reap` fails jobs whose workers died too often (a job's forest update is part of publishing it).
 A LISTEN connection wakes `poll` as soon as an ingest plans new jobs (NOTIFY).
 """
 
@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 from service import errors, settings
 from service.db import engine as db_engine
-from service.db import jobs, views
+from service.db import jobs
 from service.jobs import edges
 from service.sources import store
 
@@ -83,7 +83,6 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.store = store.Store.under(config.home)
         self.report = report or (lambda _result: None)
-        self._refresh_pending = False
 
     def run_one(self) -> edges.Outcome | Failure | None:
         """Claim and run one job; None when nothing is claimable."""
@@ -100,8 +99,6 @@ class Worker:
             log.warning("job %d failed on attempt %d: %s", job.id, job.attempts, message)
             state = db_engine.transaction(self.engine, lambda conn: jobs.fail(conn, job, message))
             result = Failure(job.id, state, job.attempts, message)
-        else:
-            self.refresh()
         self.report(result)
         return result
 
@@ -111,20 +108,6 @@ class Worker:
         while (result := self.run_one()) is not None:
             done.append(result)
         return done
-
-    def refresh(self) -> None:
-        """Refresh the materialized views (retried by the scheduler if it fails)."""
-        try:
-            with self.engine.begin() as conn:
-                views.refresh(conn)
-            self._refresh_pending = False
-        except Exception:
-            self._refresh_pending = True
-            log.warning("view refresh failed; will retry", exc_info=True)
-
-    def refresh_if_pending(self) -> None:
-        if self._refresh_pending:
-            self.refresh()
 
     def reap(self) -> None:
         """Fail jobs whose lease expired with no attempts left."""
@@ -150,7 +133,6 @@ class Worker:
         scheduler.add_job(
             self.reap, "interval", seconds=self.config.lease_seconds, id="reap", **common
         )
-        scheduler.add_job(self.refresh_if_pending, "interval", seconds=30, id="refresh", **common)
 
         def wake() -> None:
             scheduler.modify_job("poll", next_run_time=dt.datetime.now(dt.UTC))

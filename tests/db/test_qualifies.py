@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from service.db import browse, queries
+from service.db import browse, edges, forest, queries
 
 AT = float(np.float32(0.6))  # what a score of 0.6 is once stored as real
 ABOVE = float(np.nextafter(np.float32(0.6), np.float32(1)))
@@ -30,11 +30,14 @@ def _family(conn: Connection, score: float, n_active: int = 20) -> None:
             ),
             {"n": name, "a": n_active},
         )
-    conn.execute(
+    job_id = conn.execute(
         sa.text(
             "INSERT INTO job (parent_sae_id, child_sae_id, state) SELECT p.id, c.id, 'done'"
-            " FROM sae p, sae c WHERE p.name = 'Q/1' AND c.name = 'Q/2'"
+            " FROM sae p, sae c WHERE p.name = 'Q/1' AND c.name = 'Q/2' RETURNING id"
         )
+    ).scalar_one()
+    conn.exec_driver_sql(
+        f"CREATE TABLE {edges.partition(job_id)} PARTITION OF edge FOR VALUES IN ({job_id})"
     )
     for child, value in ((0, score), (1, 0.9), (2, 0.5)):
         conn.execute(
@@ -44,8 +47,7 @@ def _family(conn: Connection, score: float, n_active: int = 20) -> None:
             ),
             {"s": value, "c": f"Q/2/{child}"},
         )
-    conn.exec_driver_sql("REFRESH MATERIALIZED VIEW tree_edges")
-    conn.exec_driver_sql("REFRESH MATERIALIZED VIEW tree_nodes")
+    forest.rebuild(conn)
 
 
 def _readers(conn: Connection) -> dict[str, set[str]]:

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from service.db import engine as db_engine
 from service.db import migrate, queries, server
 from tests.conftest import REPO, Pipeline, cli_env, short_tmp
+from tests.reference import forest_of
 
 pytestmark = pytest.mark.slow
 
@@ -120,6 +121,13 @@ def test_two_workers_run_ten_jobs_exactly_once(pipeline: Pipeline, tmp_path: Pat
     assert [(s, a) for _i, s, a, _n, _w in jobs] == [("done", 1)] * 10
     per_job = dict(pipeline.sql("SELECT job_id, count(*) FROM edge GROUP BY job_id"))
     assert per_job == {i: n for i, _s, _a, n, _w in jobs}
+    # Both workers updated the family's forest, one job at a time: it is the whole forest.
+    with pipeline.engine.connect() as conn:
+        want_edges, want_nodes = forest_of(conn)
+    assert {tuple(r) for r in pipeline.sql("SELECT * FROM tree_edges")} == want_edges
+    assert {
+        tuple(r) for r in pipeline.sql("SELECT root, node, depth FROM tree_nodes")
+    } == want_nodes
 
 
 @pytest.fixture

@@ -6,13 +6,22 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from service import ingest, settings
 from service.db import engine as db_engine
 from service.db import migrate, queries, tables
-from service.jobs import worker
 from service.sources import planted
+from tests.conftest import Pipeline
 
-TABLES = {"family", "sae", "latent", "edge", "job", "token", "top_activation"}
+TABLES = {
+    "family",
+    "sae",
+    "latent",
+    "edge",
+    "job",
+    "token",
+    "top_activation",
+    "tree_edges",
+    "tree_nodes",
+}
 
 
 def _tables(engine: sa.Engine) -> set[str]:
@@ -88,25 +97,33 @@ def test_edge_index_serves_best_parent_lookup(migrated_url: str) -> None:
 
 
 def test_a_database_with_data_is_carried_forward_from_the_previous_head(
-    fresh_url: str, tmp_path: Path
+    pipeline: Pipeline, fresh_url: str, tmp_path: Path
 ) -> None:
-    """Scored edges, jobs and trees made under revision 0003 read the same after `upgrade`."""
-    engine = db_engine.create(fresh_url)
-    migrate.upgrade(engine, "0003")
-    config = settings.Settings(database_url=fresh_url, home=tmp_path / "home", device="cpu")
-    fam = planted.generate(planted.PlantedSpec(widths=(16, 48), n_tokens=4000, seed=5))
-    with engine.begin() as conn:
+    """Scored edges, jobs and trees of a database at revision 0004 read the same after
+    `upgrade`, and as they read in a database built at head (whose forest is kept per job)."""
+    fam = planted.generate(planted.PlantedSpec(widths=(16, 48, 96), n_tokens=4000, seed=5))
+    with pipeline.engine.begin() as conn:
         queries.create_family(conn, "M")
-    for level in (0, 1):
-        ingest.ingest_activations(engine, config, "M", fam.write(tmp_path / "files", level))
-    worker.Worker(engine, config).drain()
+    for level in (0, 1, 2):
+        pipeline.ingest("M", fam.write(tmp_path / "files", level))
+    pipeline.drain()
+    engine = db_engine.create(fresh_url)
+    migrate.upgrade(engine, "0004")
+    # The rows as revision 0004 held them (its edge table is not partitioned).
+    with pipeline.engine.connect() as source, engine.begin() as target:
+        for table in (tables.Family, tables.Sae, tables.Latent, tables.Job, tables.Edge):
+            rows = [dict(r) for r in source.execute(sa.select(table)).mappings()]
+            target.execute(sa.insert(table), rows)
+        target.exec_driver_sql("REFRESH MATERIALIZED VIEW tree_edges")
+        target.exec_driver_sql("REFRESH MATERIALIZED VIEW tree_nodes")
 
-    def snapshot() -> dict[str, object]:
+    def snapshot(engine: sa.Engine) -> dict[str, object]:
         with engine.connect() as conn:
             return {
                 "edges": conn.execute(sa.text("SELECT * FROM edge ORDER BY 1, 2")).all(),
                 "jobs": conn.execute(sa.text("SELECT id, state, n_edges FROM job")).all(),
                 "forest": conn.execute(sa.text("SELECT * FROM tree_edges ORDER BY 1")).all(),
+                "nodes": conn.execute(sa.text("SELECT * FROM tree_nodes ORDER BY 2")).all(),
                 "trees": [
                     conn.execute(
                         sa.text("SELECT * FROM latent_tree(:r, 0.6)"), {"r": f"M/1/{i}"}
@@ -115,9 +132,18 @@ def test_a_database_with_data_is_carried_forward_from_the_previous_head(
                 ],
             }
 
-    before = snapshot()
-    assert before["edges"] and before["forest"]
+    before = snapshot(engine)
+    assert before["edges"] and before["forest"] and any(len(t) > 2 for t in before["trees"])
     migrate.upgrade(engine)
     assert migrate.current(engine) == migrate.head()
-    assert snapshot() == before
+    after = snapshot(engine)
+    assert after == before
+    assert snapshot(pipeline.engine) == before
+    with engine.connect() as conn:
+        partitions = conn.execute(
+            sa.text("SELECT count(*) FROM pg_inherits WHERE inhparent = 'edge'::regclass")
+        ).scalar_one()
+    assert partitions == 2
+    migrate.downgrade(engine, "0004")
+    assert snapshot(engine) == before
     engine.dispose()

@@ -17,8 +17,6 @@ WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm')
 UNION ALL
 SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
-UNION ALL
-SELECT indexname, indexdef FROM pg_indexes WHERE tablename IN ('tree_edges', 'tree_nodes')
 """
 
 
@@ -43,8 +41,6 @@ def test_head_matches_the_view_files(migrated_url: str, fresh_url: str) -> None:
     assert set(from_files) >= {
         "sae_level",
         "latent_edges",
-        "tree_edges",
-        "tree_nodes",
         "latent_tree",
         "latent_contexts",
     }

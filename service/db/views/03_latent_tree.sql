@@ -13,12 +13,15 @@ WITH RECURSIVE reach (id, sae_id, depth) AS (
     FROM latent l
     WHERE l.label = latent_tree.root
     UNION
-    SELECT e.child_id, c.sae_id, r.depth + 1
+    SELECT e.child_id, j.child_sae_id, r.depth + 1
     FROM reach r
     JOIN latent p ON p.id = r.id
     JOIN sae_level s ON s.id = r.sae_id
-    JOIN edge e ON e.parent_id = r.id
-    JOIN latent c ON c.id = e.child_id AND c.sae_id = s.next_id
+    -- The job of the pair (this sae, the next one): its edges are one partition of edge, and
+    -- naming it lets the executor skip every other partition.
+    JOIN job j ON j.parent_sae_id = r.sae_id AND j.child_sae_id = s.next_id
+    JOIN edge e ON e.job_id = j.id AND e.parent_id = r.id
+    JOIN latent c ON c.id = e.child_id
     WHERE edge_qualifies(
         e.score, p.n_active, c.n_active, latent_tree.threshold, latent_tree.min_active_tokens
     )
@@ -35,7 +38,9 @@ WITH RECURSIVE reach (id, sae_id, depth) AS (
            row_number() OVER (PARTITION BY e.child_id ORDER BY e.score DESC, p.idx) AS rank
     FROM reach rc
     CROSS JOIN seen
-    JOIN edge e ON e.child_id = rc.id
+    JOIN sae_level s ON s.id = rc.sae_id
+    JOIN job j ON j.parent_sae_id = s.prev_id AND j.child_sae_id = rc.sae_id
+    JOIN edge e ON e.job_id = j.id AND e.child_id = rc.id
     JOIN latent p ON p.id = e.parent_id
     JOIN latent c ON c.id = e.child_id
     WHERE (seen.depth_of ->> e.parent_id::text)::integer = rc.depth - 1

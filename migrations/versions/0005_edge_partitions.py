@@ -1,0 +1,219 @@
+"""edge partitioned by job; the forest in tables kept up to date per family
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-25
+
+`edge` becomes a table partitioned by LIST (job_id), one partition per job (`edge_job_<id>`),
+so that publishing a job loads, indexes and attaches its partition whole and removing it drops
+it (service/db/edges.py); its primary key takes job_id (a partitioned table's keys must hold the
+partition key) and `ix_edge_job_id` goes (a partition is a job). The materialized views
+`tree_edges` and `tree_nodes` become tables of the same names and columns, kept up to date per
+family by service/db/forest.py; their rows are carried over as they were. `latent_edges` reads
+`edge` and is dropped and created again unchanged; `latent_tree()` names each pair's job, so that
+only that job's partition is read (LATENT_TREE: a frozen copy of
+service/db/views/03_latent_tree.sql as of this revision). Downgrade restores revision 0004's
+objects from its own frozen copies.
+"""
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+FINITE_SCORES = (
+    "masked_cos >= 0 AND masked_cos_parent >= 0 AND max_ratio >= 0 AND score >= 0"
+    " AND score < 'Infinity'::real AND max_ratio < 'Infinity'::real"
+)
+
+EDGE_COLUMNS = f"""
+    parent_id integer NOT NULL,
+    child_id integer NOT NULL,
+    job_id integer NOT NULL,
+    masked_cos real NOT NULL,
+    masked_cos_parent real NOT NULL,
+    max_ratio real NOT NULL,
+    score real NOT NULL,
+    n_coactive integer NOT NULL,
+    CONSTRAINT ck_edge_coactive CHECK (n_coactive > 0),
+    CONSTRAINT ck_edge_finite_scores CHECK ({FINITE_SCORES})
+"""
+
+EDGE = f"""
+CREATE TABLE edge (
+    {EDGE_COLUMNS},
+    CONSTRAINT pk_edge PRIMARY KEY (parent_id, child_id, job_id)
+) PARTITION BY LIST (job_id);
+CREATE INDEX ix_edge_child_score ON edge (child_id, score DESC, parent_id);
+"""
+
+OLD_EDGE = f"""
+CREATE TABLE edge (
+    {EDGE_COLUMNS},
+    CONSTRAINT pk_edge PRIMARY KEY (parent_id, child_id)
+);
+CREATE INDEX ix_edge_child_score ON edge (child_id, score DESC, parent_id);
+CREATE INDEX ix_edge_job_id ON edge (job_id);
+"""
+
+FOREST = """
+CREATE TABLE tree_edges (
+    child text NOT NULL,
+    parent text NOT NULL,
+    score real NOT NULL,
+    depth integer NOT NULL,
+    CONSTRAINT pk_tree_edges PRIMARY KEY (child)
+);
+CREATE INDEX ix_tree_edges_parent ON tree_edges (parent);
+CREATE TABLE tree_nodes (
+    root text NOT NULL,
+    node text NOT NULL,
+    depth integer NOT NULL,
+    path text[] NOT NULL,
+    CONSTRAINT pk_tree_nodes PRIMARY KEY (node)
+);
+CREATE INDEX ix_tree_nodes_root ON tree_nodes (root);
+"""
+
+LATENT_TREE = """
+-- The rooted tree (the sparselatents.com procedure): from a root, its qualifying children in the
+-- next sae, then theirs; each reached node hangs under its reached parent with the highest score
+-- (ties: lowest index) and keeps the other reached parents, best first, in other_parents.
+CREATE FUNCTION latent_tree(
+    root text,
+    threshold real DEFAULT 0.6,
+    min_active_tokens integer DEFAULT 10
+)
+RETURNS TABLE (node text, parent text, depth integer, score real, other_parents text[])
+LANGUAGE sql STABLE AS $fn$
+WITH RECURSIVE reach (id, sae_id, depth) AS (
+    SELECT l.id, l.sae_id, 0
+    FROM latent l
+    WHERE l.label = latent_tree.root
+    UNION
+    SELECT e.child_id, j.child_sae_id, r.depth + 1
+    FROM reach r
+    JOIN latent p ON p.id = r.id
+    JOIN sae_level s ON s.id = r.sae_id
+    -- The job of the pair (this sae, the next one): its edges are one partition of edge, and
+    -- naming it lets the executor skip every other partition.
+    JOIN job j ON j.parent_sae_id = r.sae_id AND j.child_sae_id = s.next_id
+    JOIN edge e ON e.job_id = j.id AND e.parent_id = r.id
+    JOIN latent c ON c.id = e.child_id
+    WHERE edge_qualifies(
+        e.score, p.n_active, c.n_active, latent_tree.threshold, latent_tree.min_active_tokens
+    )
+), seen AS (
+    -- The reached set as one lookup (id -> depth): a CTE joined to itself is planned as if it
+    -- held ten rows, and that join went quadratic in the size of the tree.
+    SELECT jsonb_object_agg(id::text, depth) AS depth_of FROM reach
+), ranked AS (
+    -- Every qualifying edge into a reached node from a reached node one level up.
+    SELECT e.child_id,
+           rc.depth,
+           p.label AS parent_label,
+           e.score,
+           row_number() OVER (PARTITION BY e.child_id ORDER BY e.score DESC, p.idx) AS rank
+    FROM reach rc
+    CROSS JOIN seen
+    JOIN sae_level s ON s.id = rc.sae_id
+    JOIN job j ON j.parent_sae_id = s.prev_id AND j.child_sae_id = rc.sae_id
+    JOIN edge e ON e.job_id = j.id AND e.child_id = rc.id
+    JOIN latent p ON p.id = e.parent_id
+    JOIN latent c ON c.id = e.child_id
+    WHERE (seen.depth_of ->> e.parent_id::text)::integer = rc.depth - 1
+      AND edge_qualifies(
+        e.score, p.n_active, c.n_active, latent_tree.threshold, latent_tree.min_active_tokens
+    )
+), parents AS (
+    SELECT child_id,
+           depth,
+           (array_agg(parent_label ORDER BY rank))[1] AS parent_label,
+           (array_agg(score ORDER BY rank))[1] AS score,
+           (array_agg(parent_label ORDER BY rank))[2:] AS other_parents
+    FROM ranked
+    GROUP BY child_id, depth
+)
+-- The root, then every other reached node (each has at least one reached parent).
+SELECT l.label, NULL::text, 0, NULL::real, '{}'::text[]
+FROM latent l
+WHERE l.label = latent_tree.root
+UNION ALL
+SELECT n.label, b.parent_label, b.depth, b.score, b.other_parents
+FROM parents b
+JOIN latent n ON n.id = b.child_id
+ORDER BY 3, 1;
+$fn$;
+"""
+
+
+def _revision(file_name: str) -> ModuleType:
+    """An earlier revision's module, for its frozen definitions."""
+    path = Path(__file__).with_name(file_name)
+    spec = importlib.util.spec_from_file_location(f"latent_trees_revision_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _partition(job_id: int, rows: str) -> None:
+    """Job `job_id`'s partition, filled by `rows`, indexed, then attached."""
+    name = f"edge_job_{int(job_id)}"
+    op.execute(f"CREATE TABLE {name} (LIKE edge INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+    op.execute(f"INSERT INTO {name} {rows}")
+    op.execute(
+        f"ALTER TABLE {name} ADD CONSTRAINT {name}_pkey PRIMARY KEY (parent_id, child_id, job_id)"
+    )
+    op.execute(f"CREATE INDEX {name}_child ON {name} (child_id, score DESC, parent_id)")
+    op.execute(f"ALTER TABLE {name} ADD CONSTRAINT {name}_job CHECK (job_id = {int(job_id)})")
+    op.execute(f"ALTER TABLE edge ATTACH PARTITION {name} FOR VALUES IN ({int(job_id)})")
+
+
+def upgrade() -> None:
+    views = _revision("0002_views.py")
+    # The forest as the database shows it now, kept aside while its views are replaced.
+    for name in ("tree_edges", "tree_nodes"):
+        op.execute(f"REFRESH MATERIALIZED VIEW {name}")
+        op.execute(f"CREATE TEMP TABLE {name}_0004 ON COMMIT DROP AS SELECT * FROM {name}")
+    op.execute("DROP FUNCTION latent_tree(text, real, integer)")
+    op.execute("DROP MATERIALIZED VIEW tree_nodes")
+    op.execute("DROP MATERIALIZED VIEW tree_edges")
+    op.execute("DROP VIEW latent_edges")
+    op.execute("ALTER TABLE edge RENAME TO edge_0004")
+    for index in ("pk_edge", "ix_edge_child_score", "ix_edge_job_id"):
+        op.execute(f"ALTER INDEX {index} RENAME TO {index}_0004")
+    op.execute(EDGE)
+    job_ids = op.get_bind().execute(sa.text("SELECT DISTINCT job_id FROM edge_0004 ORDER BY 1"))
+    for job_id in job_ids.scalars().all():
+        _partition(job_id, f"SELECT * FROM edge_0004 WHERE job_id = {int(job_id)}")
+    op.execute("DROP TABLE edge_0004")
+    op.execute(FOREST)
+    for name in ("tree_edges", "tree_nodes"):
+        op.execute(f"INSERT INTO {name} SELECT * FROM {name}_0004")
+    op.execute(views.LATENT_EDGES)
+    op.execute(LATENT_TREE)
+
+
+def downgrade() -> None:
+    views, forest = _revision("0002_views.py"), _revision("0004_edge_qualifies.py")
+    op.execute("DROP FUNCTION latent_tree(text, real, integer)")
+    op.execute("DROP VIEW latent_edges")
+    op.execute("DROP TABLE tree_nodes")
+    op.execute("DROP TABLE tree_edges")
+    op.execute("ALTER TABLE edge RENAME TO edge_0005")
+    for index in ("pk_edge", "ix_edge_child_score"):
+        op.execute(f"ALTER INDEX {index} RENAME TO {index}_0005")
+    op.execute(OLD_EDGE)
+    op.execute("INSERT INTO edge SELECT * FROM edge_0005")
+    op.execute("DROP TABLE edge_0005")
+    for statement in (views.LATENT_EDGES, forest.TREE_EDGES, forest.TREE_NODES, forest.LATENT_TREE):
+        op.execute(statement)

@@ -1,0 +1,91 @@
+"""The forest kept up to date per family (service/db/forest.py) equals the forest computed from
+scratch (tests/reference.py) after every change: ingests in any order, a width inserted between
+two others, an sae deleted, a family deleted, jobs of two families published in turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from service import saes
+from service.db import forest, queries
+from service.sources import planted
+from tests.conftest import Pipeline
+from tests.reference import forest_of
+
+
+def _stored(
+    pipeline: Pipeline,
+) -> tuple[set[tuple[str, str, float, int]], set[tuple[str, str, int]]]:
+    edges = {tuple(r) for r in pipeline.sql("SELECT child, parent, score, depth FROM tree_edges")}
+    nodes = {tuple(r) for r in pipeline.sql("SELECT root, node, depth FROM tree_nodes")}
+    paths = pipeline.sql("SELECT root, node, depth, path FROM tree_nodes")
+    assert all(p[0] == root and p[-1] == node and len(p) == d + 1 for root, node, d, p in paths)
+    return edges, nodes  # type: ignore[return-value]
+
+
+def _check(pipeline: Pipeline) -> int:
+    """The forest as stored equals the reference; returns its number of edges."""
+    with pipeline.engine.connect() as conn:
+        want = forest_of(conn)
+    assert _stored(pipeline) == want
+    return len(want[0])
+
+
+def test_the_forest_follows_every_change(pipeline: Pipeline, tmp_path: Path) -> None:
+    fams = {
+        name: planted.generate(
+            planted.PlantedSpec(widths=(12, 36, 108, 216), n_tokens=6000, seed=s)
+        )
+        for name, s in (("A", 3), ("B", 4))
+    }
+    with pipeline.engine.begin() as conn:
+        for name in fams:
+            queries.create_family(conn, name)
+    sizes = []
+    # A: levels 1 and 3, scored; then 2 between them; B alongside; then 4 at the end.
+    for family, level in (("A", 0), ("A", 2), ("B", 0), ("B", 1), ("A", 1), ("B", 2), ("A", 3)):
+        pipeline.ingest(family, fams[family].write(tmp_path / family, level))
+        _check(pipeline)  # new latents are roots at once; an inserted width takes parents
+        pipeline.drain()
+        sizes.append(_check(pipeline))
+    assert sizes[-1] > sizes[1] > 0 == sizes[0]
+    a_trees = pipeline.sql("SELECT count(*) FROM tree_edges WHERE child LIKE 'A/%'")[0][0]
+    saes.delete(pipeline.engine, pipeline.config, "A/3")  # A's second level
+    assert pipeline.sql("SELECT count(*) FROM tree_edges WHERE child LIKE 'A/%'")[0][0] < a_trees
+    _check(pipeline)
+    pipeline.drain()  # the job between A/1 and A/2 its removal planned
+    _check(pipeline)
+    with pipeline.engine.begin() as conn:
+        assert queries.delete_family(conn, "B")
+    _check(pipeline)
+    assert pipeline.sql("SELECT count(*) FROM tree_nodes WHERE node LIKE 'B/%'")[0][0] == 0
+    # A rebuild from scratch changes nothing.
+    before = _stored(pipeline)
+    with pipeline.engine.begin() as conn:
+        forest.rebuild(conn)
+    assert _stored(pipeline) == before
+
+
+def test_a_job_rewrites_only_its_family_from_its_child_level(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    fam = planted.generate(planted.PlantedSpec(widths=(12, 36, 108), n_tokens=6000, seed=7))
+    with pipeline.engine.begin() as conn:
+        queries.create_family(conn, "A")
+        queries.create_family(conn, "B")
+    for family in ("A", "B"):
+        for level in (0, 1, 2):
+            pipeline.ingest(family, fam.write(tmp_path / family, level))
+    pipeline.drain()
+    # Rows of other families and of levels above the change keep their physical place.
+    where = "ctid, node FROM tree_nodes WHERE node LIKE :p"
+    untouched = {p: pipeline.sql(f"SELECT {where}", p=p) for p in ("B/%", "A/1/%")}
+    moved = pipeline.sql(f"SELECT {where}", p="A/3/%")
+    with pipeline.engine.begin() as conn:
+        (sae_id,) = conn.execute(sa.text("SELECT id FROM sae WHERE name = 'A/3'")).one()
+        assert forest.update_from_sae(conn, sae_id) == 1
+    assert {p: pipeline.sql(f"SELECT {where}", p=p) for p in untouched} == untouched
+    assert pipeline.sql(f"SELECT {where}", p="A/3/%") != moved
+    _check(pipeline)
