@@ -444,7 +444,7 @@ def tree_cmd(
             label,
             config.threshold if threshold is None else threshold,
             config.min_active_tokens,
-        )
+        ).rows
     root = trees.nest(rows)
     if fmt is TreeFormat.json:
         typer.echo(json.dumps(root, indent=2))

@@ -115,7 +115,7 @@ def run_model(
             conn, MODEL_FAMILY, sizes.trees, config.threshold, config.min_active_tokens
         )
         for root in roots:
-            rows = queries.rooted_tree(conn, root, config.threshold, config.min_active_tokens)
+            rows = queries.rooted_tree(conn, root, config.threshold, config.min_active_tokens).rows
             say(f"\nlatent-trees tree {root}")
             say(trees.render(trees.nest(rows)))
     say(f"\ndone in {time.perf_counter() - started:.0f} s. More trees:")
@@ -174,7 +174,7 @@ def run(engine: Engine, config: settings.Settings, say: Callable[[str], None]) -
     siblings, apart = (f"{FAMILY}/2/{first_merge + m}" for m in (0, 1))
     with engine.connect() as conn:
         root = _forest_root(conn, siblings)
-        rows = queries.rooted_tree(conn, root, config.threshold, config.min_active_tokens)
+        rows = queries.rooted_tree(conn, root, config.threshold, config.min_active_tokens).rows
         forest_parent = conn.exec_driver_sql(
             "SELECT parent FROM tree_edges WHERE child = %(c)s", {"c": apart}
         ).scalar_one()

@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a query of the API, an export or the reader role may run.",
     )
+    api_max_nodes: int = Field(
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description="Nodes of a tree or DAG the API returns by default (the first by depth); the"
+        " response says how many were left out.",
+    )
     api_cache_mb: float = Field(
         default=64,
         ge=0,

@@ -51,6 +51,14 @@ Label = Annotated[
         examples=["S/2/65"],
     ),
 ]
+MaxNodes = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=1_000_000,
+        description="Nodes returned, the first by depth (default: LATENT_TREES_API_MAX_NODES).",
+    ),
+]
 FamilyName = Annotated[str | None, Query(pattern=tables.NAME_PATTERN, description="e.g. S")]
 SaeName = Annotated[str | None, Query(pattern=browse.SAE_NAME.pattern, description="e.g. S/2")]
 # What a parameter that fails its pattern was expected to be, for the one-line error.
@@ -94,6 +102,7 @@ def create_app(engine: Engine, config: settings.Settings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    default_nodes = config.api_max_nodes
     store = cache.ResponseCache(int(config.api_cache_mb * 2**20)) if config.api_cache_mb else None
 
     # Probing the snapshot needs no transaction: one round trip decides a cache hit.
@@ -233,20 +242,26 @@ def create_app(engine: Engine, config: settings.Settings) -> FastAPI:
         threshold: Threshold = None,
         shape: Literal["nested", "flat"] = "nested",
         contexts: Annotated[int, Query(ge=0, le=100, description="Per node.")] = 0,
+        max_nodes: MaxNodes = None,
     ) -> Response:
         """The rooted tree of `label`: nested (`children`) or flat (`parent`,
-        `other_parents`)."""
+        `other_parents`); its first `max_nodes` nodes by depth, `left_out` says how many
+        more it has."""
         t = threshold_of(threshold)
         browse.check_label(label)
 
         def compute(conn: Connection) -> dict[str, Any]:
-            rows = queries.rooted_tree(conn, label, t, config.min_active_tokens, contexts)
+            reached = queries.rooted_tree(
+                conn, label, t, config.min_active_tokens, contexts, max_nodes or default_nodes
+            )
             return {
                 "threshold": t,
                 "min_active_tokens": config.min_active_tokens,
                 "shape": shape,
-                "root": trees.nest(rows) if shape == "nested" else None,
-                "nodes": rows if shape == "flat" else None,
+                "root": trees.nest(reached.rows) if shape == "nested" else None,
+                "nodes": reached.rows if shape == "flat" else None,
+                "n_nodes": reached.n_nodes,
+                "left_out": reached.left_out,
             }
 
         return respond(request, compute)
@@ -256,12 +271,19 @@ def create_app(engine: Engine, config: settings.Settings) -> FastAPI:
         response_model=None,
         responses={200: {"model": schemas.Dag}, **ERRORS},
     )
-    def dag(request: Request, label: Label, threshold: Threshold = None) -> Response:
-        """The rooted DAG of `label`: `{nodes, links: [{source, target, weight}]}`."""
+    def dag(
+        request: Request, label: Label, threshold: Threshold = None, max_nodes: MaxNodes = None
+    ) -> Response:
+        """The rooted DAG of `label`: `{nodes, links: [{source, target, weight}]}`; its first
+        `max_nodes` nodes by depth, `left_out` says how many more it has."""
         t = threshold_of(threshold)
+        cap = max_nodes or default_nodes
         return respond(
             request,
-            lambda conn: {"threshold": t, **browse.dag(conn, label, t, config.min_active_tokens)},
+            lambda conn: {
+                "threshold": t,
+                **browse.dag(conn, label, t, config.min_active_tokens, cap),
+            },
         )
 
     @app.get(

@@ -124,6 +124,8 @@ class Tree(BaseModel):
     shape: Literal["nested", "flat"]
     root: NestedNode | None = Field(description="with shape=nested")
     nodes: list[FlatNode] | None = Field(description="with shape=flat")
+    n_nodes: int = Field(description="nodes the tree has, shown or not")
+    left_out: int = Field(description="nodes beyond `max_nodes`, not shown")
 
 
 class DagNode(BaseModel):
@@ -147,6 +149,8 @@ class Dag(BaseModel):
     threshold: float
     nodes: list[DagNode]
     links: list[DagLink]
+    n_nodes: int = Field(description="nodes the DAG has, shown or not")
+    left_out: int = Field(description="nodes beyond `max_nodes`, not shown")
 
 
 class EdgeRow(ScoreParts):

@@ -192,27 +192,39 @@ def edges_page(
     return page, next_token
 
 
-def dag(conn: Connection, root: str, threshold: float, min_active_tokens: int) -> dict[str, Any]:
-    """The rooted DAG of `root`: reached nodes and every qualifying link between them,
-    `best` marking the link each node is drawn under in the rooted tree."""
+def dag(
+    conn: Connection,
+    root: str,
+    threshold: float,
+    min_active_tokens: int,
+    max_nodes: int | None = None,
+) -> dict[str, Any]:
+    """The rooted DAG of `root`: reached nodes (the first `max_nodes` by depth, all when None)
+    and every qualifying link between them, `best` marking the link each node is drawn under
+    in the rooted tree; `n_nodes` counts every node reached, `left_out` those not shown."""
     check_label(root)
     # One row per node and link into it (a node without links once): one latent_tree() call.
-    rows = queries.tree_rows(
+    reached = queries.tree_rows(
         conn,
         "SELECT t.node, t.depth, s.name AS sae, s.level, l.max_act, l.frequency, t.parent,"
+        " t.n_reached,"
         " k.source, k.weight FROM {tree} t JOIN latent l ON l.label = t.node"
         " JOIN sae_level s ON s.id = l.sae_id LEFT JOIN LATERAL ("
         "   SELECT p.label AS source, e.score AS weight"
-        "   FROM edge e JOIN latent p ON p.id = e.parent_id WHERE e.child_id = l.id"
+        # Naming the pair's job reads its partition only.
+        "   FROM job j JOIN edge e ON e.job_id = j.id AND e.child_id = l.id"
+        "   JOIN latent p ON p.id = e.parent_id"
+        "   WHERE j.parent_sae_id = s.prev_id AND j.child_sae_id = l.sae_id"
         "   AND (p.label = t.parent OR p.label = ANY(t.other_parents))) k ON true"
         " ORDER BY t.depth, t.node, k.weight DESC",
         root,
         threshold,
         min_active_tokens,
+        max_nodes,
     )
     nodes: dict[str, dict[str, Any]] = {}
     links = []
-    for row in rows:
+    for row in reached.rows:
         node = {k: row[k] for k in ("depth", "sae", "level", "max_act", "frequency")}
         nodes.setdefault(row["node"], {"id": row["node"], **node})
         if row["source"] is not None:
@@ -224,7 +236,12 @@ def dag(conn: Connection, root: str, threshold: float, min_active_tokens: int) -
                     "best": row["source"] == row["parent"],
                 }
             )
-    return {"nodes": list(nodes.values()), "links": links}
+    return {
+        "nodes": list(nodes.values()),
+        "links": links,
+        "n_nodes": reached.n_nodes,
+        "left_out": reached.left_out,
+    }
 
 
 def search(conn: Connection, prefix: str, family: str | None, limit: int) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -180,28 +181,59 @@ def latent(conn: Connection, label: str) -> sa.Row[Any]:
     return row
 
 
-# The rooted tree of :root at :threshold and :min_active (service/db/views/05_latent_tree.sql).
+# The rooted tree of :root at :threshold and :min_active (service/db/views/03_latent_tree.sql):
+# its first :max_nodes nodes by depth, then label (all when NULL; a node's parents are always
+# among them), each with the number of nodes reached in all.
 LATENT_TREE = (
-    "latent_tree(CAST(:root AS text), CAST(:threshold AS real), CAST(:min_active AS integer))"
+    "(SELECT f.*, count(*) OVER () AS n_reached FROM latent_tree(CAST(:root AS text),"
+    " CAST(:threshold AS real), CAST(:min_active AS integer)) f"
+    " ORDER BY f.depth, f.node LIMIT CAST(:max_nodes AS integer))"
 )
 
 
+@dataclass(frozen=True)
+class Reached:
+    """Rows read from a rooted tree, and how many nodes the tree has in all."""
+
+    rows: list[dict[str, Any]]
+    n_nodes: int
+
+    @property
+    def left_out(self) -> int:
+        """Nodes beyond the cap on the number shown."""
+        return self.n_nodes - len({row["node"] for row in self.rows})
+
+
 def tree_rows(
-    conn: Connection, query: str, root: str, threshold: float, min_active_tokens: int
-) -> list[dict[str, Any]]:
-    """The rows of `query`, which reads the rooted tree of `root` as `{tree} t`; UnknownLabel
-    if `root` is no latent (a known root is always its own first row)."""
+    conn: Connection,
+    query: str,
+    root: str,
+    threshold: float,
+    min_active_tokens: int,
+    max_nodes: int | None = None,
+) -> Reached:
+    """The rows of `query`, which reads the rooted tree of `root` as `{tree} t` (capped at
+    `max_nodes` nodes) and selects `t.n_reached`; UnknownLabel if `root` is no latent (a known
+    root is always its own first row)."""
     rows = [
         dict(row)
         for row in conn.execute(
             sa.text(query.replace("{tree}", LATENT_TREE)),
-            {"root": root, "threshold": threshold, "min_active": min_active_tokens},
+            {
+                "root": root,
+                "threshold": threshold,
+                "min_active": min_active_tokens,
+                "max_nodes": max_nodes,
+            },
         ).mappings()
     ]
     if not rows:
         latent(conn, root)
         raise AssertionError(f"latent_tree({root!r}) returned no root")
-    return rows
+    n_nodes = int(rows[0]["n_reached"])
+    for row in rows:
+        del row["n_reached"]
+    return Reached(rows, n_nodes)
 
 
 def rooted_tree(
@@ -210,17 +242,22 @@ def rooted_tree(
     threshold: float,
     min_active_tokens: int,
     n_contexts: int | None = None,
-) -> list[dict[str, Any]]:
-    """Flat rows of `latent_tree(root, threshold)` with each node's max_act, frequency and top
-    `n_contexts` activations in context (all when None)."""
-    nodes = tree_rows(
+    max_nodes: int | None = None,
+) -> Reached:
+    """Flat rows of `latent_tree(root, threshold)` (its first `max_nodes` nodes, all when None)
+    with each node's max_act, frequency and top `n_contexts` activations in context (all when
+    None)."""
+    reached = tree_rows(
         conn,
-        "SELECT t.node, t.parent, t.depth, t.score, t.other_parents, l.max_act, l.frequency"
-        " FROM {tree} t JOIN latent l ON l.label = t.node ORDER BY t.depth, t.node",
+        "SELECT t.node, t.parent, t.depth, t.score, t.other_parents, l.max_act, l.frequency,"
+        " t.n_reached FROM {tree} t JOIN latent l ON l.label = t.node"
+        " ORDER BY t.depth, t.node",
         root,
         threshold,
         min_active_tokens,
+        max_nodes,
     )
+    nodes = reached.rows
     found = (
         contexts(conn, [node["node"] for node in nodes], n_contexts=n_contexts)
         if n_contexts != 0
@@ -228,7 +265,7 @@ def rooted_tree(
     )
     for node in nodes:
         node["contexts"] = found.get(node["node"], [])
-    return nodes
+    return reached
 
 
 def contexts(

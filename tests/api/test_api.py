@@ -129,6 +129,27 @@ def test_a_higher_threshold_prunes_the_tree(client: TestClient) -> None:
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 1 and sizes[1] > 1
 
 
+def test_a_large_tree_is_capped_with_its_size(client: TestClient) -> None:
+    full = ok(client.get("/api/trees/P/1/3", params={"threshold": 0.2, "shape": "flat"}))
+    n = len(full["nodes"])
+    assert n > 3 and full["n_nodes"] == n and full["left_out"] == 0
+    capped = ok(
+        client.get("/api/trees/P/1/3", params={"threshold": 0.2, "shape": "flat", "max_nodes": 3})
+    )
+    assert capped["nodes"] == full["nodes"][:3] and (capped["n_nodes"], capped["left_out"]) == (
+        n,
+        n - 3,
+    )
+    nested = ok(client.get("/api/trees/P/1/3", params={"threshold": 0.2, "max_nodes": 3}))
+    assert len(list(_walk(nested["root"]))) == 3
+    dag = ok(client.get("/api/dags/P/1/3", params={"threshold": 0.2, "max_nodes": 3}))
+    shown = {node["id"] for node in dag["nodes"]}
+    assert len(shown) == 3 and dag["left_out"] == n - 3
+    assert all(link["source"] in shown and link["target"] in shown for link in dag["links"])
+    too_many = client.get("/api/trees/P/1/3", params={"max_nodes": 0})
+    assert too_many.status_code == 400 and "max_nodes" in too_many.json()["error"]
+
+
 def test_tree_contexts_on_request(client: TestClient) -> None:
     none = ok(client.get("/api/trees/P/1/3", params={"shape": "flat"}))
     two = ok(client.get("/api/trees/P/1/3", params={"shape": "flat", "contexts": 2}))

@@ -53,7 +53,7 @@ def _family(conn: Connection, score: float, n_active: int = 20) -> None:
 def _readers(conn: Connection) -> dict[str, set[str]]:
     """The qualifying children of Q/1/0 at 0.6 as each reader sees them."""
     forest = {r[0] for r in conn.execute(sa.text("SELECT child FROM tree_edges")).all()}
-    rooted = {r["node"] for r in queries.rooted_tree(conn, "Q/1/0", 0.6, 10)[1:]}
+    rooted = {r["node"] for r in queries.rooted_tree(conn, "Q/1/0", 0.6, 10).rows[1:]}
     dag = {link["target"] for link in browse.dag(conn, "Q/1/0", 0.6, 10)["links"]}
     card = browse.latent_card(conn, "Q/1/0", 0.6, 10)
     cards = {c["label"] for c in card["children"] if c["qualifies"]}

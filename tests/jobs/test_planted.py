@@ -117,7 +117,9 @@ def test_forest_and_rooted_trees_differ_only_at_merges(pipeline: Pipeline, tmp_p
         return str(pipeline.sql("SELECT parent FROM tree_edges WHERE child = :c", c=label)[0][0])
 
     with pipeline.engine.connect() as conn:
-        rows = {r["node"]: r for r in queries.rooted_tree(conn, forest_root(siblings), 0.6, 10)}
+        rows = {
+            r["node"]: r for r in queries.rooted_tree(conn, forest_root(siblings), 0.6, 10).rows
+        }
     # Siblings' merge: drawn under its forest parent, the other parent in other_parents.
     assert rows[siblings]["parent"] == forest_parent(siblings)
     assert len(rows[siblings]["other_parents"]) == 1
@@ -135,7 +137,7 @@ def test_forest_and_rooted_trees_differ_only_at_merges(pipeline: Pipeline, tmp_p
     other_root = forest_root(other)
     assert other_root != forest_root(apart)
     with pipeline.engine.connect() as conn:
-        rows = {r["node"]: r for r in queries.rooted_tree(conn, other_root, 0.6, 10)}
+        rows = {r["node"]: r for r in queries.rooted_tree(conn, other_root, 0.6, 10).rows}
     assert rows[apart]["parent"] == other
     assert rows[apart]["other_parents"] == []
     # Everywhere else the rooted tree is the forest's subtree.

@@ -163,7 +163,13 @@ async function showTree() {
       api(`/api/dags/${enc(state.root)}?threshold=${t}`),
     ]);
     if (ticket !== state.request) return; // a newer request won
-    message("");
+    // A very large tree comes capped (its first nodes by depth): say so rather than time out.
+    message(
+      tree.left_out
+        ? `${tree.n_nodes - tree.left_out} of ${tree.n_nodes} nodes shown (the first by depth);` +
+            " raise the threshold or open a deeper root to see the rest"
+        : "",
+    );
     draw(tree, dag);
     const n = dag.nodes.length;
     const extra = dag.links.filter((l) => !l.best).length;
