@@ -10,10 +10,11 @@ it (service/db/edges.py); its primary key takes job_id (a partitioned table's ke
 partition key) and `ix_edge_job_id` goes (a partition is a job). The materialized views
 `tree_edges` and `tree_nodes` become tables of the same names and columns, kept up to date per
 family by service/db/forest.py; their rows are carried over as they were. `latent_edges` reads
-`edge` and is dropped and created again unchanged; `latent_tree()` names each pair's job, so that
-only that job's partition is read (LATENT_TREE: a frozen copy of
-service/db/views/03_latent_tree.sql as of this revision). Downgrade restores revision 0004's
-objects from its own frozen copies.
+`edge` and is dropped and created again unchanged. `latent_tree()` now aggregates the new
+`latent_reach()`, which walks the tree level by level and reads each level's edges from its job's
+partition only (LATENT_REACH and LATENT_TREE: frozen copies of service/db/views/03_latent_reach.sql
+and 04_latent_tree.sql as of this revision). Downgrade restores revision 0004's objects from its
+own frozen copies.
 """
 
 import importlib.util
@@ -83,6 +84,74 @@ CREATE TABLE tree_nodes (
 CREATE INDEX ix_tree_nodes_root ON tree_nodes (root);
 """
 
+LATENT_REACH = """
+-- The links of a rooted tree (the sparselatents.com procedure), one row per qualifying edge:
+-- from a root, its qualifying children in the next sae, then theirs, level by level. Each
+-- reached node's links from reached parents are ranked: rank 1 is the highest score (ties:
+-- the lowest parent index), the link it hangs under. The root is a row of its own (no parent).
+-- Level by level, each level reads the edges of one job, named as a value: the planner reads
+-- that job's partition of edge only, and the function's plans are kept for the session.
+CREATE FUNCTION latent_reach(
+    root text,
+    threshold real DEFAULT 0.6,
+    min_active_tokens integer DEFAULT 10
+)
+RETURNS TABLE (node text, depth integer, parent text, score real, rank integer)
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    frontier integer[];
+    from_sae integer;
+    pair_job integer;
+    level integer := 0;
+    ids integer[];
+    nodes text[];
+    parents text[];
+    scores real[];
+    ranks integer[];
+BEGIN
+    SELECT ARRAY[l.id], l.sae_id INTO frontier, from_sae
+    FROM latent l WHERE l.label = latent_reach.root;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT latent_reach.root, 0, NULL::text, NULL::real, 1;
+    LOOP
+        -- The job of the pair (this sae, the next one).
+        SELECT j.id, j.child_sae_id INTO pair_job, from_sae
+        FROM sae_level s
+        JOIN job j ON j.parent_sae_id = s.id AND j.child_sae_id = s.next_id
+        WHERE s.id = from_sae;
+        EXIT WHEN NOT FOUND;
+        level := level + 1;
+        SELECT array_agg(r.child_id), array_agg(r.child), array_agg(r.parent),
+               array_agg(r.score), array_agg(r.rank)
+        INTO ids, nodes, parents, scores, ranks
+        FROM (
+            SELECT e.child_id,
+                   c.label AS child,
+                   p.label AS parent,
+                   e.score,
+                   row_number() OVER (PARTITION BY e.child_id ORDER BY e.score DESC, p.idx)::integer
+                       AS rank
+            FROM edge e
+            JOIN latent p ON p.id = e.parent_id
+            JOIN latent c ON c.id = e.child_id
+            WHERE e.job_id = pair_job
+              AND e.parent_id = ANY(frontier)
+              AND edge_qualifies(
+                  e.score, p.n_active, c.n_active, latent_reach.threshold,
+                  latent_reach.min_active_tokens
+              )
+        ) r;
+        EXIT WHEN ids IS NULL;
+        RETURN QUERY SELECT u.node, level, u.parent, u.score, u.rank
+                     FROM unnest(nodes, parents, scores, ranks) AS u(node, parent, score, rank);
+        frontier := ARRAY(SELECT DISTINCT unnest(ids));
+    END LOOP;
+END;
+$fn$;
+"""
+
 LATENT_TREE = """
 -- The rooted tree (the sparselatents.com procedure): from a root, its qualifying children in the
 -- next sae, then theirs; each reached node hangs under its reached parent with the highest score
@@ -94,62 +163,13 @@ CREATE FUNCTION latent_tree(
 )
 RETURNS TABLE (node text, parent text, depth integer, score real, other_parents text[])
 LANGUAGE sql STABLE AS $fn$
-WITH RECURSIVE reach (id, sae_id, depth) AS (
-    SELECT l.id, l.sae_id, 0
-    FROM latent l
-    WHERE l.label = latent_tree.root
-    UNION
-    SELECT e.child_id, j.child_sae_id, r.depth + 1
-    FROM reach r
-    JOIN latent p ON p.id = r.id
-    JOIN sae_level s ON s.id = r.sae_id
-    -- The job of the pair (this sae, the next one): its edges are one partition of edge, and
-    -- naming it lets the executor skip every other partition.
-    JOIN job j ON j.parent_sae_id = r.sae_id AND j.child_sae_id = s.next_id
-    JOIN edge e ON e.job_id = j.id AND e.parent_id = r.id
-    JOIN latent c ON c.id = e.child_id
-    WHERE edge_qualifies(
-        e.score, p.n_active, c.n_active, latent_tree.threshold, latent_tree.min_active_tokens
-    )
-), seen AS (
-    -- The reached set as one lookup (id -> depth): a CTE joined to itself is planned as if it
-    -- held ten rows, and that join went quadratic in the size of the tree.
-    SELECT jsonb_object_agg(id::text, depth) AS depth_of FROM reach
-), ranked AS (
-    -- Every qualifying edge into a reached node from a reached node one level up.
-    SELECT e.child_id,
-           rc.depth,
-           p.label AS parent_label,
-           e.score,
-           row_number() OVER (PARTITION BY e.child_id ORDER BY e.score DESC, p.idx) AS rank
-    FROM reach rc
-    CROSS JOIN seen
-    JOIN sae_level s ON s.id = rc.sae_id
-    JOIN job j ON j.parent_sae_id = s.prev_id AND j.child_sae_id = rc.sae_id
-    JOIN edge e ON e.job_id = j.id AND e.child_id = rc.id
-    JOIN latent p ON p.id = e.parent_id
-    JOIN latent c ON c.id = e.child_id
-    WHERE (seen.depth_of ->> e.parent_id::text)::integer = rc.depth - 1
-      AND edge_qualifies(
-        e.score, p.n_active, c.n_active, latent_tree.threshold, latent_tree.min_active_tokens
-    )
-), parents AS (
-    SELECT child_id,
-           depth,
-           (array_agg(parent_label ORDER BY rank))[1] AS parent_label,
-           (array_agg(score ORDER BY rank))[1] AS score,
-           (array_agg(parent_label ORDER BY rank))[2:] AS other_parents
-    FROM ranked
-    GROUP BY child_id, depth
-)
--- The root, then every other reached node (each has at least one reached parent).
-SELECT l.label, NULL::text, 0, NULL::real, '{}'::text[]
-FROM latent l
-WHERE l.label = latent_tree.root
-UNION ALL
-SELECT n.label, b.parent_label, b.depth, b.score, b.other_parents
-FROM parents b
-JOIN latent n ON n.id = b.child_id
+SELECT r.node,
+       (array_agg(r.parent ORDER BY r.rank))[1],
+       r.depth,
+       (array_agg(r.score ORDER BY r.rank))[1],
+       (array_agg(r.parent ORDER BY r.rank))[2:]
+FROM latent_reach(latent_tree.root, latent_tree.threshold, latent_tree.min_active_tokens) r
+GROUP BY r.node, r.depth
 ORDER BY 3, 1;
 $fn$;
 """
@@ -199,13 +219,14 @@ def upgrade() -> None:
     op.execute(FOREST)
     for name in ("tree_edges", "tree_nodes"):
         op.execute(f"INSERT INTO {name} SELECT * FROM {name}_0004")
-    op.execute(views.LATENT_EDGES)
-    op.execute(LATENT_TREE)
+    for statement in (views.LATENT_EDGES, LATENT_REACH, LATENT_TREE):
+        op.execute(statement)
 
 
 def downgrade() -> None:
     views, forest = _revision("0002_views.py"), _revision("0004_edge_qualifies.py")
     op.execute("DROP FUNCTION latent_tree(text, real, integer)")
+    op.execute("DROP FUNCTION latent_reach(text, real, integer)")
     op.execute("DROP VIEW latent_edges")
     op.execute("DROP TABLE tree_nodes")
     op.execute("DROP TABLE tree_edges")

@@ -203,20 +203,13 @@ def dag(
     and every qualifying link between them, `best` marking the link each node is drawn under
     in the rooted tree; `n_nodes` counts every node reached, `left_out` those not shown."""
     check_label(root)
-    # One row per node and link into it (a node without links once): one latent_tree() call.
+    # One row per node and link into it (the root once, without a link).
     reached = queries.tree_rows(
         conn,
-        "SELECT t.node, t.depth, s.name AS sae, s.level, l.max_act, l.frequency, t.parent,"
-        " t.n_reached,"
-        " k.source, k.weight FROM {tree} t JOIN latent l ON l.label = t.node"
-        " JOIN sae_level s ON s.id = l.sae_id LEFT JOIN LATERAL ("
-        "   SELECT p.label AS source, e.score AS weight"
-        # Naming the pair's job reads its partition only.
-        "   FROM job j JOIN edge e ON e.job_id = j.id AND e.child_id = l.id"
-        "   JOIN latent p ON p.id = e.parent_id"
-        "   WHERE j.parent_sae_id = s.prev_id AND j.child_sae_id = l.sae_id"
-        "   AND (p.label = t.parent OR p.label = ANY(t.other_parents))) k ON true"
-        " ORDER BY t.depth, t.node, k.weight DESC",
+        "SELECT r.node, r.depth, s.name AS sae, s.level, l.max_act, l.frequency,"
+        " r.parent AS source, r.score AS weight, r.rank = 1 AS best, r.n_reached"
+        " FROM {reach} r JOIN latent l ON l.label = r.node JOIN sae_level s ON s.id = l.sae_id"
+        " ORDER BY r.depth, r.node, r.rank",
         root,
         threshold,
         min_active_tokens,
@@ -233,7 +226,7 @@ def dag(
                     "source": row["source"],
                     "target": row["node"],
                     "weight": row["weight"],
-                    "best": row["source"] == row["parent"],
+                    "best": row["best"],
                 }
             )
     return {

@@ -181,13 +181,21 @@ def latent(conn: Connection, label: str) -> sa.Row[Any]:
     return row
 
 
-# The rooted tree of :root at :threshold and :min_active (service/db/views/03_latent_tree.sql):
+# The rooted tree of :root at :threshold and :min_active (service/db/views/04_latent_tree.sql):
 # its first :max_nodes nodes by depth, then label (all when NULL; a node's parents are always
 # among them), each with the number of nodes reached in all.
+_ARGS = "CAST(:root AS text), CAST(:threshold AS real), CAST(:min_active AS integer)"
 LATENT_TREE = (
-    "(SELECT f.*, count(*) OVER () AS n_reached FROM latent_tree(CAST(:root AS text),"
-    " CAST(:threshold AS real), CAST(:min_active AS integer)) f"
+    f"(SELECT f.*, count(*) OVER () AS n_reached FROM latent_tree({_ARGS}) f"
     " ORDER BY f.depth, f.node LIMIT CAST(:max_nodes AS integer))"
+)
+# Its links (service/db/views/03_latent_reach.sql), one row per qualifying edge between reached
+# nodes, for the same first :max_nodes nodes, with the same count.
+LATENT_REACH = (
+    "(SELECT * FROM (SELECT r.*, max(r.position) OVER () AS n_reached FROM"
+    f" (SELECT f.*, dense_rank() OVER (ORDER BY f.depth, f.node) AS position"
+    f" FROM latent_reach({_ARGS}) f) r) r WHERE r.position <= CAST(:max_nodes AS integer)"
+    " OR CAST(:max_nodes AS integer) IS NULL)"
 )
 
 
@@ -212,13 +220,13 @@ def tree_rows(
     min_active_tokens: int,
     max_nodes: int | None = None,
 ) -> Reached:
-    """The rows of `query`, which reads the rooted tree of `root` as `{tree} t` (capped at
-    `max_nodes` nodes) and selects `t.n_reached`; UnknownLabel if `root` is no latent (a known
-    root is always its own first row)."""
+    """The rows of `query`, which reads the rooted tree of `root` as `{tree}` or its links as
+    `{reach}` (capped at `max_nodes` nodes) and selects their `n_reached`; UnknownLabel if `root`
+    is no latent (a known root is always its own first row)."""
     rows = [
         dict(row)
         for row in conn.execute(
-            sa.text(query.replace("{tree}", LATENT_TREE)),
+            sa.text(query.replace("{tree}", LATENT_TREE).replace("{reach}", LATENT_REACH)),
             {
                 "root": root,
                 "threshold": threshold,

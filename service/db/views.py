@@ -17,6 +17,7 @@ FOLDER = Path(__file__).with_name("views")
 OBJECTS = (
     ("FUNCTION", "latent_contexts(text, integer)"),
     ("FUNCTION", "latent_tree(text, real, integer)"),
+    ("FUNCTION", "latent_reach(text, real, integer)"),
     ("VIEW", "latent_edges"),
     ("VIEW", "sae_level"),
     ("FUNCTION", "edge_qualifies(real, bigint, bigint, real, integer)"),
