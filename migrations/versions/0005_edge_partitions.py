@@ -6,15 +6,16 @@ Create Date: 2026-11-25
 
 `edge` becomes a table partitioned by LIST (job_id), one partition per job (`edge_job_<id>`),
 so that publishing a job loads, indexes and attaches its partition whole and removing it drops
-it (service/db/edges.py); its primary key takes job_id (a partitioned table's keys must hold the
-partition key) and `ix_edge_job_id` goes (a partition is a job). The materialized views
+it (service/db/edges.py); its indexes are one column each (`ix_edge_parent_id`,
+`ix_edge_child_id`), with no primary key (see service/db/tables.py). The materialized views
 `tree_edges` and `tree_nodes` become tables of the same names and columns, kept up to date per
 family by service/db/forest.py; their rows are carried over as they were. `latent_edges` reads
 `edge` and is dropped and created again unchanged. `latent_tree()` now aggregates the new
 `latent_reach()`, which walks the tree level by level and reads each level's edges from its job's
 partition only (LATENT_REACH and LATENT_TREE: frozen copies of service/db/views/03_latent_reach.sql
 and 04_latent_tree.sql as of this revision). Downgrade restores revision 0004's objects from its
-own frozen copies.
+own frozen copies. `job.forest_at` records when the forest took in a job's edges (the forest
+update follows publishing in a transaction of its own); jobs done before are in the forest.
 """
 
 import importlib.util
@@ -49,11 +50,9 @@ EDGE_COLUMNS = f"""
 """
 
 EDGE = f"""
-CREATE TABLE edge (
-    {EDGE_COLUMNS},
-    CONSTRAINT pk_edge PRIMARY KEY (parent_id, child_id, job_id)
-) PARTITION BY LIST (job_id);
-CREATE INDEX ix_edge_child_score ON edge (child_id, score DESC, parent_id);
+CREATE TABLE edge ({EDGE_COLUMNS}) PARTITION BY LIST (job_id);
+CREATE INDEX ix_edge_parent_id ON edge (parent_id);
+CREATE INDEX ix_edge_child_id ON edge (child_id);
 """
 
 OLD_EDGE = f"""
@@ -190,10 +189,8 @@ def _partition(job_id: int, rows: str) -> None:
     name = f"edge_job_{int(job_id)}"
     op.execute(f"CREATE TABLE {name} (LIKE edge INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
     op.execute(f"INSERT INTO {name} {rows}")
-    op.execute(
-        f"ALTER TABLE {name} ADD CONSTRAINT {name}_pkey PRIMARY KEY (parent_id, child_id, job_id)"
-    )
-    op.execute(f"CREATE INDEX {name}_child ON {name} (child_id, score DESC, parent_id)")
+    for column in ("parent_id", "child_id"):
+        op.execute(f"CREATE INDEX {name}_{column} ON {name} ({column})")
     op.execute(f"ALTER TABLE {name} ADD CONSTRAINT {name}_job CHECK (job_id = {int(job_id)})")
     op.execute(f"ALTER TABLE edge ATTACH PARTITION {name} FOR VALUES IN ({int(job_id)})")
 
@@ -221,17 +218,27 @@ def upgrade() -> None:
         op.execute(f"INSERT INTO {name} SELECT * FROM {name}_0004")
     for statement in (views.LATENT_EDGES, LATENT_REACH, LATENT_TREE):
         op.execute(statement)
+    op.add_column("job", sa.Column("forest_at", sa.DateTime(timezone=True), nullable=True))
+    op.execute("UPDATE job SET forest_at = finished_at WHERE state = 'done'")
+    op.create_index(
+        "ix_job_forest_pending",
+        "job",
+        ["id"],
+        postgresql_where=sa.text("state = 'done' AND forest_at IS NULL"),
+    )
 
 
 def downgrade() -> None:
     views, forest = _revision("0002_views.py"), _revision("0004_edge_qualifies.py")
+    op.drop_index("ix_job_forest_pending", "job")
+    op.drop_column("job", "forest_at")
     op.execute("DROP FUNCTION latent_tree(text, real, integer)")
     op.execute("DROP FUNCTION latent_reach(text, real, integer)")
     op.execute("DROP VIEW latent_edges")
     op.execute("DROP TABLE tree_nodes")
     op.execute("DROP TABLE tree_edges")
     op.execute("ALTER TABLE edge RENAME TO edge_0005")
-    for index in ("pk_edge", "ix_edge_child_score"):
+    for index in ("ix_edge_parent_id", "ix_edge_child_id"):
         op.execute(f"ALTER INDEX {index} RENAME TO {index}_0005")
     op.execute(OLD_EDGE)
     op.execute("INSERT INTO edge SELECT * FROM edge_0005")

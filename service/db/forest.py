@@ -19,48 +19,49 @@ from sqlalchemy.engine import Connection
 # pg_advisory_xact_lock(FOREST_LOCK, family id): one forest update of a family at a time.
 FOREST_LOCK = 0x6C74_0F0E
 
-# The saes of the family from the given one down, in level order, with the done job into each
-# from its next smaller sae (NULL for the first level or a pair not scored yet).
+# The saes of the family from the given one down, in level order, each with its next smaller
+# sae and the done job between them (NULL for the first level or a pair not scored yet).
 _SAES_FROM = """
-SELECT s.id, j.id AS job_id
+SELECT s.id, s.prev_id, j.id AS job_id
 FROM sae_level s
 LEFT JOIN job j ON j.parent_sae_id = s.prev_id AND j.child_sae_id = s.id AND j.state = 'done'
 WHERE s.family_id = :family AND s.d_sae >= :d_sae
 ORDER BY s.d_sae
 """
 
-_DELETE = """
-DELETE FROM {table} t USING latent l WHERE l.sae_id = :sae AND t.{key} = l.label
+# Every statement below reads latents by sae (an index), edges by job (one partition) and rows
+# of the forest by label (their keys), never a whole table: the cost follows the sae's latents
+# and the job's edges, whatever else the database holds.
+_FORGET = """
+DELETE FROM {table} WHERE {key} = ANY(ARRAY(SELECT label FROM latent WHERE sae_id = :sae))
 """
 
-# Each latent of the sae with its best parent through the job (if any), placed below the
-# parent's forest row, which the previous step (or an earlier update) wrote.
-_BEST = """
-INSERT INTO tree_edges (child, parent, score, depth)
-SELECT c.label, p.label, b.score, n.depth + 1
-FROM (
-    SELECT DISTINCT ON (e.child_id) e.child_id, e.parent_id, e.score
+# The sae's latents placed in the forest: under their best parent (if any), whose row the
+# previous level (or an earlier update) wrote; a latent without one is a root.
+_PLACE = """
+WITH best AS (
+    SELECT DISTINCT ON (e.child_id) e.child_id, p.label AS parent, e.score
     FROM edge e
-    JOIN latent p ON p.id = e.parent_id
-    JOIN latent c ON c.id = e.child_id
+    JOIN latent p ON p.id = e.parent_id AND p.sae_id = :parent_sae
+    JOIN latent c ON c.id = e.child_id AND c.sae_id = :sae
     WHERE e.job_id = :job AND edge_qualifies(e.score, p.n_active, c.n_active)
     ORDER BY e.child_id, e.score DESC, p.idx
-) b
-JOIN latent c ON c.id = b.child_id
-JOIN latent p ON p.id = b.parent_id
-JOIN tree_nodes n ON n.node = p.label
-"""
-
-_NODES = """
+), placed AS (
+    SELECT l.label AS node, b.parent, b.score, n.root, n.depth, n.path
+    FROM latent l
+    LEFT JOIN best b ON b.child_id = l.id
+    -- OFFSET 0 keeps this a lookup by key per latent (never a scan of the whole forest).
+    LEFT JOIN LATERAL (
+        SELECT t.root, t.depth, t.path FROM tree_nodes t WHERE t.node = b.parent OFFSET 0
+    ) n ON true
+    WHERE l.sae_id = :sae
+), edges AS (
+    INSERT INTO tree_edges (child, parent, score, depth)
+    SELECT node, parent, score, depth + 1 FROM placed WHERE parent IS NOT NULL
+)
 INSERT INTO tree_nodes (root, node, depth, path)
-SELECT coalesce(n.root, l.label),
-       l.label,
-       coalesce(n.depth + 1, 0),
-       coalesce(n.path || l.label, ARRAY[l.label])
-FROM latent l
-LEFT JOIN tree_edges t ON t.child = l.label
-LEFT JOIN tree_nodes n ON n.node = t.parent
-WHERE l.sae_id = :sae
+SELECT coalesce(root, node), node, coalesce(depth + 1, 0), coalesce(path || node, ARRAY[node])
+FROM placed
 """
 
 
@@ -71,11 +72,9 @@ def update(conn: Connection, family_id: int, from_d_sae: int = 0) -> int:
         sa.text("SELECT pg_advisory_xact_lock(:k, :f)"), {"k": FOREST_LOCK, "f": family_id}
     )
     saes = conn.execute(sa.text(_SAES_FROM), {"family": family_id, "d_sae": from_d_sae}).all()
-    for sae_id, job_id in saes:
+    for sae_id, parent_sae_id, job_id in saes:
         forget(conn, [sae_id])
-        if job_id is not None:
-            conn.execute(sa.text(_BEST), {"job": job_id})
-        conn.execute(sa.text(_NODES), {"sae": sae_id})
+        conn.execute(sa.text(_PLACE), {"sae": sae_id, "parent_sae": parent_sae_id, "job": job_id})
     return len(saes)
 
 
@@ -83,7 +82,7 @@ def forget(conn: Connection, sae_ids: list[int]) -> None:
     """Remove the forest rows of these saes' latents (before the saes themselves go)."""
     for sae_id in sae_ids:
         for table, key in (("tree_edges", "child"), ("tree_nodes", "node")):
-            conn.execute(sa.text(_DELETE.format(table=table, key=key)), {"sae": sae_id})
+            conn.execute(sa.text(_FORGET.format(table=table, key=key)), {"sae": sae_id})
 
 
 def update_from_sae(conn: Connection, sae_id: int) -> int:

@@ -62,7 +62,7 @@ def claim(conn: Connection, worker: str, lease_seconds: float) -> Claim | None:
             """
             UPDATE job SET state = 'running', attempts = attempts + 1, worker = :worker,
                    lease_until = now() + make_interval(secs => :lease), started_at = now(),
-                   finished_at = NULL
+                   finished_at = NULL, forest_at = NULL
             WHERE id = (
                 SELECT id FROM job
                 WHERE (state = 'pending' OR (state = 'running' AND lease_until < now()))
@@ -125,8 +125,8 @@ def inputs(conn: Connection, job: Claim) -> JobInputs:
 
 
 def publish(conn: Connection, job: Claim, columns: dict[str, np.ndarray]) -> int:
-    """In one transaction: mark the job done, make `columns` its edges (its partition of `edge`)
-    and bring its family's forest up to date from the job's child sae down.
+    """In one transaction: mark the job done and make `columns` its edges (its partition of
+    `edge`). Its forest update follows in a transaction of its own (`next_forest_update`).
 
     Raises LeaseLost (and the transaction rolls back) if the job is no longer ours."""
     done = conn.execute(
@@ -138,9 +138,23 @@ def publish(conn: Connection, job: Claim, columns: dict[str, np.ndarray]) -> int
     )
     if done.rowcount != 1:
         raise LeaseLost(f"job {job.id}: lease lost; its edges were not written")
-    n = edges.publish(conn, job.id, columns)
-    forest.update_from_sae(conn, job.child_sae_id)
-    return n
+    return edges.publish(conn, job.id, columns)
+
+
+def next_forest_update(conn: Connection) -> int | None:
+    """Bring the forest up to date after one done job whose edges it does not hold yet (the
+    oldest not taken by another worker); returns its id, None when there is none."""
+    row = conn.execute(
+        sa.text(
+            "SELECT id, child_sae_id FROM job WHERE state = 'done' AND forest_at IS NULL"
+            " ORDER BY id FOR UPDATE SKIP LOCKED LIMIT 1"
+        )
+    ).first()
+    if row is None:
+        return None
+    forest.update_from_sae(conn, row.child_sae_id)
+    conn.execute(sa.text("UPDATE job SET forest_at = now() WHERE id = :id"), {"id": row.id})
+    return int(row.id)
 
 
 def fail(conn: Connection, job: Claim, error: str) -> str:
@@ -179,7 +193,7 @@ def listing(conn: Connection, state: str | None = None) -> list[dict[str, Any]]:
             """
             SELECT j.id, p.name AS parent, c.name AS child, j.state, j.attempts, j.max_attempts,
                    j.worker, j.lease_until, (j.lease_until < now()) AS lease_expired, j.error,
-                   j.n_edges, j.created_at, j.started_at, j.finished_at,
+                   j.n_edges, j.created_at, j.started_at, j.finished_at, j.forest_at,
                    extract(epoch FROM j.finished_at - j.started_at) AS seconds
             FROM job j JOIN sae p ON p.id = j.parent_sae_id JOIN sae c ON c.id = j.child_sae_id
             WHERE CAST(:state AS text) IS NULL OR j.state = :state

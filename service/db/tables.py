@@ -121,6 +121,8 @@ class Job(Base):
     )
     started_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # When the family's forest was brought up to date with this job's edges (NULL: not yet).
+    forest_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
     __table_args__ = (
         sa.UniqueConstraint("kind", "parent_sae_id", "child_sae_id"),
@@ -132,6 +134,11 @@ class Job(Base):
         sa.Index(
             "ix_job_claimable", "id", postgresql_where=sa.text("state IN ('pending', 'running')")
         ),
+        sa.Index(
+            "ix_job_forest_pending",
+            "id",
+            postgresql_where=sa.text("state = 'done' AND forest_at IS NULL"),
+        ),
     )
 
 
@@ -140,17 +147,18 @@ class Edge(Base):
 
     Partitioned by job: each job's edges are one table (`edge_job_<id>`), loaded, indexed and
     attached whole when the job is published, dropped whole when they go (service/db/edges.py).
-    No foreign keys: checking three per row made publishing 3.5x slower (bench/pipeline.py).
-    A job writes only latent ids it read from the same database, and deleting an sae or a family
-    drops its jobs' partitions explicitly."""
+    Two one-column indexes serve every lookup (a parent's children, a child's parents, about 20
+    rows each); no unique index: a pair belongs to one job (one job per pair of saes) and a job
+    writes each pair once (the engine's output, tested), and building one took 40% of the time
+    of publishing (bench/pipeline.py). No foreign keys either (3.5x slower): a job writes only
+    latent ids it read from the same database, and deleting an sae or a family drops its jobs'
+    partitions explicitly."""
 
     __tablename__ = "edge"
 
-    parent_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    child_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    # In the primary key because PostgreSQL asks a partitioned table's keys to hold its
-    # partition key; a pair belongs to one job, so (parent_id, child_id) is unique as well.
-    job_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    parent_id: Mapped[int] = mapped_column(sa.Integer, index=True)
+    child_id: Mapped[int] = mapped_column(sa.Integer, index=True)
+    job_id: Mapped[int] = mapped_column(sa.Integer)
     masked_cos: Mapped[float] = mapped_column(sa.REAL)
     masked_cos_parent: Mapped[float] = mapped_column(sa.REAL)
     max_ratio: Mapped[float] = mapped_column(sa.REAL)
@@ -158,8 +166,6 @@ class Edge(Base):
     n_coactive: Mapped[int] = mapped_column(sa.Integer)
 
     __table_args__ = (
-        # The best-parent lookup of the forest and the rooted tree: child -> parents by score.
-        sa.Index("ix_edge_child_score", "child_id", sa.text("score DESC"), "parent_id"),
         sa.CheckConstraint("n_coactive > 0", name="coactive"),
         sa.CheckConstraint(
             "masked_cos >= 0 AND masked_cos_parent >= 0 AND max_ratio >= 0 AND score >= 0"
@@ -168,6 +174,8 @@ class Edge(Base):
         ),
         {"postgresql_partition_by": "LIST (job_id)"},
     )
+    # The ORM's identity of a row (no such constraint in the database, see above).
+    __mapper_args__: ClassVar = {"primary_key": [parent_id, child_id]}
 
 
 class TreeEdge(Base):

@@ -34,6 +34,7 @@ class Outcome:
     n_coactivations: int
     compute_seconds: float
     write_seconds: float
+    forest_seconds: float = 0.0  # the forest update after it (service/jobs/worker.py)
 
 
 def run(

@@ -1,18 +1,22 @@
 """The worker: claims jobs from the `job` table and runs them; APScheduler only fires triggers.
 
 Scheduled in one process (memory job store, never shared): `poll` drains claimable jobs and
-`reap` fails jobs whose workers died too often (a job's forest update is part of publishing it).
+`reap` fails jobs whose workers died too often. After publishing a job, a worker brings its
+family's forest up to date in a transaction of its own; one that died in between is caught up
+by the next poll of any worker (`job.forest_at` is NULL until then).
 A LISTEN connection wakes `poll` as soon as an ingest plans new jobs (NOTIFY).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +69,8 @@ def describe(result: edges.Outcome | Failure) -> str:
             f"job {result.job_id} {result.label}: {result.n_edges:,} edges,"
             f" {result.n_coactivations:,} co-activations"
             f" ({result.n_coactivations / max(result.compute_seconds, 1e-9):.3g}/s),"
-            f" compute {result.compute_seconds:.2f} s, write {result.write_seconds:.2f} s"
+            f" compute {result.compute_seconds:.2f} s, write {result.write_seconds:.2f} s,"
+            f" forest {result.forest_seconds:.2f} s"
         )
     return (
         f"job {result.job_id} failed on attempt {result.attempts} ({result.state}): {result.error}"
@@ -99,11 +104,27 @@ class Worker:
             log.warning("job %d failed on attempt %d: %s", job.id, job.attempts, message)
             state = db_engine.transaction(self.engine, lambda conn: jobs.fail(conn, job, message))
             result = Failure(job.id, state, job.attempts, message)
+        else:
+            started = time.perf_counter()
+            self.update_forests()
+            result = dataclasses.replace(result, forest_seconds=time.perf_counter() - started)
         self.report(result)
         return result
 
+    def update_forests(self) -> int:
+        """Bring the forest up to date after every done job it does not include yet; returns
+        how many. A failure is logged and left to the next poll."""
+        n = 0
+        try:
+            while db_engine.transaction(self.engine, jobs.next_forest_update) is not None:
+                n += 1
+        except Exception:
+            log.warning("forest update failed; the next poll tries again", exc_info=True)
+        return n
+
     def drain(self) -> list[edges.Outcome | Failure]:
-        """Run jobs until none is claimable."""
+        """Catch the forest up, then run jobs until none is claimable."""
+        self.update_forests()
         done = []
         while (result := self.run_one()) is not None:
             done.append(result)

@@ -9,8 +9,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from service import saes
-from service.db import forest, queries
-from service.sources import planted
+from service.db import forest, jobs, queries
+from service.jobs import edges
+from service.sources import planted, store
 from tests.conftest import Pipeline
 from tests.reference import forest_of
 
@@ -89,3 +90,26 @@ def test_a_job_rewrites_only_its_family_from_its_child_level(
     assert {p: pipeline.sql(f"SELECT {where}", p=p) for p in untouched} == untouched
     assert pipeline.sql(f"SELECT {where}", p="A/3/%") != moved
     _check(pipeline)
+
+
+def test_a_forest_update_a_dead_worker_left_is_caught_up(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    fam = planted.generate(planted.PlantedSpec(widths=(12, 36), n_tokens=6000, seed=8))
+    with pipeline.engine.begin() as conn:
+        queries.create_family(conn, "A")
+    for level in (0, 1):
+        pipeline.ingest("A", fam.write(tmp_path, level))
+    # A worker publishes the job's edges, then dies before its forest update.
+    with pipeline.engine.begin() as conn:
+        claim = jobs.claim(conn, "doomed", 60)
+    assert claim is not None
+    outcome = edges.run(
+        pipeline.engine, pipeline.config, store.Store.under(pipeline.config.home), claim
+    )
+    assert outcome.n_edges > 0
+    assert pipeline.sql("SELECT state, forest_at FROM job")[0] == ("done", None)
+    assert pipeline.sql("SELECT count(*) FROM tree_edges")[0][0] == 0  # not yet
+    assert pipeline.drain() == []  # no job to run; the forest is caught up first
+    assert pipeline.sql("SELECT forest_at IS NOT NULL FROM job")[0][0]
+    assert _check(pipeline) > 0
