@@ -1,8 +1,8 @@
 """Load test of `latent-trees serve` on loopback: tree requests from concurrent keep-alive
-clients at ~10M stored edges, and a full export of the edges, on a throwaway embedded
+clients at ~26M stored edges (20 per child), and a full export of the edges, on a throwaway embedded
 PostgreSQL.
 
-    python -m bench.api                          # widths 65536 262144 1048576: ~10.5M edges
+    python -m bench.api                          # widths 65536 262144 1048576: ~26M edges
     python -m bench.api --widths 4096 16384 65536 --seconds 5
 
 Prints throughput and latency percentiles for 1 client (the baseline) and for `--clients`
@@ -175,7 +175,6 @@ def start_server(env: dict[str, str], port: int, workers: int) -> subprocess.Pop
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[65536, 262144, 1048576])
-    parser.add_argument("--parents", type=int, default=8, help="stored parents per child")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--workers", type=int, default=2, help="server processes")
@@ -188,7 +187,7 @@ def main() -> None:
         url = server.ensure_running(home)
         engine = db_engine.create(url)
         migrate.upgrade(engine)
-        built = pipeline.populate(engine, args.widths, args.parents, rng)
+        built = pipeline.add_family(engine, "B", args.widths, rng, print)
         with engine.connect() as conn:
             n_roots = min(args.roots, len(built.latent_ids[0]))
             roots = rng.choice(built.latent_ids[0], n_roots, replace=False)

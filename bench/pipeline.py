@@ -78,18 +78,27 @@ class Published:
     forest_seconds: float
 
 
+@dataclass
+class Built:
+    """A family of generated saes, in level order, with its stored edges."""
+
+    sae_ids: list[int]
+    latent_ids: list[np.ndarray]
+    n_edges: int
+
+
 def add_family(
     engine: sa.Engine,
     name: str,
     widths: list[int],
     rng: np.random.Generator,
     report: Callable[[Published], None],
-) -> list[int]:
-    """Family `name`, one sae per width, every job published through `jobs.publish`; returns
-    the sae ids."""
+) -> Built:
+    """Family `name`, one sae per width, every job published through `jobs.publish` and the
+    forest brought up to date after it, as a worker does."""
     with engine.begin() as conn:
         queries.create_family(conn, name)
-    sae_ids, latent_ids = [], []
+    sae_ids, latent_ids, n_edges = [], [], 0
     for i, d in enumerate(widths):
         with engine.begin() as conn:
             family = saes.lock_family(conn, name)
@@ -129,8 +138,9 @@ def add_family(
         with engine.begin() as conn:
             assert jobs.next_forest_update(conn) == job.id
         forest_seconds = time.perf_counter() - started
+        n_edges += n
         report(Published(name, f"{name}/{i} -> {name}/{i + 1}", n, seconds, forest_seconds))
-    return sae_ids
+    return Built(sae_ids, latent_ids, n_edges)
 
 
 def forest_update_seconds(engine: sa.Engine, sae_id: int, repeats: int = 3) -> float:
@@ -195,7 +205,7 @@ def main() -> None:
         engine = db_engine.create(url)
         migrate.upgrade(engine)
         print("family F alone:")
-        f_saes = add_family(engine, "F", widths(16384, 65536, 262144), rng, report)
+        f_saes = add_family(engine, "F", widths(16384, 65536, 262144), rng, report).sae_ids
         alone = forest_update_seconds(engine, f_saes[-1])
         print(f"  forest update after F's last job: {alone:.2f} s (median of 3)")
         print(f"{args.others} other families:")

@@ -39,7 +39,7 @@ DELETE FROM {table} WHERE {key} = ANY(ARRAY(SELECT label FROM latent WHERE sae_i
 # The sae's latents placed in the forest: under their best parent (if any), whose row the
 # previous level (or an earlier update) wrote; a latent without one is a root.
 _PLACE = """
-WITH best AS (
+WITH best AS MATERIALIZED (
     SELECT DISTINCT ON (e.child_id) e.child_id, p.label AS parent, e.score
     FROM edge e
     JOIN latent p ON p.id = e.parent_id AND p.sae_id = :parent_sae

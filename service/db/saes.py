@@ -146,6 +146,10 @@ def add(
         {"sae": sae_id, "name": name, "t": stats.n_tokens},
     )
     conn.exec_driver_sql("DROP TABLE latent_stage")
+    # Statistics that know the new sae: planned before, `sae_id = <new>` was estimated at one
+    # row (every sae known was a most-common value) and the forest update below, and the jobs'
+    # after it, chose nested loops over its latents that ran for minutes at 1M latents.
+    conn.exec_driver_sql("ANALYZE latent")
     if stats.top_positions is not None and stats.top_values is not None:
         _add_top(conn, sae_id, stats.top_positions, stats.top_values)
     planned = jobs.plan_for(conn, sae_id, job_params)
