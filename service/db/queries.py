@@ -93,12 +93,8 @@ def families(conn: Connection) -> list[dict[str, Any]]:
     neuronpedia_id)."""
     f, s = tables.Family, tables.Sae
     level = sa.func.rank().over(partition_by=s.family_id, order_by=s.d_sae).label("level")
-    n_latents = (
-        sa.select(sa.func.count())
-        .where(tables.Latent.sae_id == s.id)
-        .scalar_subquery()
-        .label("n_latents")
-    )
+    # Every index below d_sae is a latent (ingest stores them all): no count over `latent`.
+    n_latents = s.d_sae.label("n_latents")
     neuronpedia_id = s.source["neuronpedia_id"].astext.label("neuronpedia_id")
     sae_rows = conn.execute(
         sa.select(s.family_id, s.name, s.d_sae, level, s.state, n_latents, neuronpedia_id).order_by(
@@ -123,11 +119,14 @@ def families(conn: Connection) -> list[dict[str, Any]]:
     ]
 
 
-# A tree a person can read on one screen: 4 to 25 nodes, the deepest, then the largest.
+# A tree a person can read on one screen: 4 to 25 nodes, the deepest, then the largest, among
+# the trees of the first 2,000 latents of the first level (a bounded read at any width).
 SUGGESTED_ROOT = sa.text(
     """
     SELECT n.root FROM sae_level s
-    JOIN latent l ON l.sae_id = s.id
+    CROSS JOIN LATERAL (
+        SELECT l.label FROM latent l WHERE l.sae_id = s.id ORDER BY l.idx LIMIT 2000
+    ) l
     JOIN tree_nodes n ON n.root = l.label
     WHERE s.family_id = :family AND s.level = 1
     GROUP BY n.root
