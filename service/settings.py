@@ -91,7 +91,7 @@ class Settings(BaseSettings):
         description="Seconds a query of the API, an export or the reader role may run.",
     )
     api_max_nodes: int = Field(
-        default=2000,
+        default=1000,
         ge=1,
         le=1_000_000,
         description="Nodes of a tree or DAG the API returns by default (the first by depth); the"

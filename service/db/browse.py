@@ -203,32 +203,45 @@ def dag(
     and every qualifying link between them, `best` marking the link each node is drawn under
     in the rooted tree; `n_nodes` counts every node reached, `left_out` those not shown."""
     check_label(root)
-    # One row per node and link into it (the root once, without a link).
+    # One row per link into a node (the root once, without a link), then each node once.
     reached = queries.tree_rows(
         conn,
-        "SELECT r.node, r.depth, s.name AS sae, s.level, l.max_act, l.frequency,"
-        " r.parent AS source, r.score AS weight, r.rank = 1 AS best, r.n_reached"
-        " FROM {reach} r JOIN latent l ON l.label = r.node JOIN sae_level s ON s.id = l.sae_id"
+        "SELECT r.node, r.depth, r.parent, r.score, r.rank, r.n_reached FROM {reach} r"
         " ORDER BY r.depth, r.node, r.rank",
         root,
         threshold,
         min_active_tokens,
         max_nodes,
     )
-    nodes: dict[str, dict[str, Any]] = {}
-    links = []
-    for row in reached.rows:
-        node = {k: row[k] for k in ("depth", "sae", "level", "max_act", "frequency")}
-        nodes.setdefault(row["node"], {"id": row["node"], **node})
-        if row["source"] is not None:
-            links.append(
-                {
-                    "source": row["source"],
-                    "target": row["node"],
-                    "weight": row["weight"],
-                    "best": row["best"],
-                }
-            )
+    labels = list(dict.fromkeys(row["node"] for row in reached.rows))
+    found = conn.execute(
+        sa.text(
+            "SELECT l.label, s.name AS sae, s.level, l.max_act, l.frequency"
+            " FROM latent l JOIN sae_level s ON s.id = l.sae_id"
+            " WHERE l.label = ANY(CAST(:labels AS text[]))"
+        ),
+        {"labels": labels},
+    ).mappings()
+    about = {row["label"]: row for row in found}
+    depth = {row["node"]: row["depth"] for row in reached.rows}
+    nodes = {
+        label: {
+            "id": label,
+            "depth": depth[label],
+            **{k: about[label][k] for k in ("sae", "level", "max_act", "frequency")},
+        }
+        for label in labels
+    }
+    links = [
+        {
+            "source": row["parent"],
+            "target": row["node"],
+            "weight": row["score"],
+            "best": row["rank"] == 1,
+        }
+        for row in reached.rows
+        if row["parent"] is not None
+    ]
     return {
         "nodes": list(nodes.values()),
         "links": links,

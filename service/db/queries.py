@@ -222,18 +222,17 @@ def tree_rows(
     """The rows of `query`, which reads the rooted tree of `root` as `{tree}` or its links as
     `{reach}` (capped at `max_nodes` nodes) and selects their `n_reached`; UnknownLabel if `root`
     is no latent (a known root is always its own first row)."""
-    rows = [
-        dict(row)
-        for row in conn.execute(
-            sa.text(query.replace("{tree}", LATENT_TREE).replace("{reach}", LATENT_REACH)),
-            {
-                "root": root,
-                "threshold": threshold,
-                "min_active": min_active_tokens,
-                "max_nodes": max_nodes,
-            },
-        ).mappings()
-    ]
+    result = conn.execute(
+        sa.text(query.replace("{tree}", LATENT_TREE).replace("{reach}", LATENT_REACH)),
+        {
+            "root": root,
+            "threshold": threshold,
+            "min_active": min_active_tokens,
+            "max_nodes": max_nodes,
+        },
+    )
+    keys = list(result.keys())
+    rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
     if not rows:
         latent(conn, root)
         raise AssertionError(f"latent_tree({root!r}) returned no root")
