@@ -309,10 +309,29 @@ def store_gc() -> None:
 @app.command("status")
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary",
+            help="Also each family's splits, merges, persisting, new and vanishing latents per"
+            " pair of levels (reads every qualifying edge).",
+        ),
+    ] = False,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="For --summary. Default: the setting.")
+    ] = None,
 ) -> None:
     """Families, saes and jobs with their states."""
+    config = settings.get()
+    _check_score("--threshold", threshold)
+    t = config.threshold if threshold is None else threshold
     with _engine().connect() as conn:
         report = queries.status(conn)
+        if summary:
+            for family in report["families"]:
+                family["summary"] = queries.family_summary(
+                    conn, family["name"], t, config.min_active_tokens
+                )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -331,6 +350,31 @@ def status(
             )
     out.print(table)
     out.print("jobs: " + ", ".join(f"{k} {v}" for k, v in report["jobs"].items()))
+    if summary:
+        levels = Table(
+            "family",
+            "pair",
+            "split",
+            "merge",
+            "persist",
+            "new",
+            "vanish",
+            "largest splits",
+            title=f"neighbouring levels at threshold {t:g}",
+        )
+        for family in report["families"]:
+            for row in family["summary"]:
+                largest = ", ".join(
+                    f"{s['parent']} ({s['n_children']})" for s in row["largest_splits"][:3]
+                )
+                counts = (row[k] for k in ("split", "merge", "persist", "new", "vanish"))
+                levels.add_row(
+                    family["name"],
+                    f"{row['parent_sae']} -> {row['child_sae']}",
+                    *(str(c) if row["scored"] else "-" for c in counts),
+                    largest if row["scored"] else "not scored yet",
+                )
+        out.print(levels)
 
 
 @app.command("ingest")

@@ -211,6 +211,29 @@ def create_app(engine: Engine, config: settings.Settings) -> FastAPI:
         return respond(request, compute)
 
     @app.get(
+        "/api/families/{name}/summary",
+        response_model=None,
+        responses={200: {"model": schemas.FamilySummary}, **ERRORS},
+    )
+    def family_summary(
+        request: Request,
+        name: Annotated[str, Path(pattern=tables.NAME_PATTERN, description="e.g. S")],
+        threshold: Threshold = None,
+    ) -> Response:
+        """Per pair of neighbouring levels: latents that split, merge, persist, are new or
+        vanish at `threshold`, and the largest splits."""
+        t = threshold_of(threshold)
+        return respond(
+            request,
+            lambda conn: {
+                "family": name,
+                "threshold": t,
+                "min_active_tokens": config.min_active_tokens,
+                "levels": queries.family_summary(conn, name, t, config.min_active_tokens),
+            },
+        )
+
+    @app.get(
         "/api/latents/{label:path}",
         response_model=None,
         responses={200: {"model": schemas.LatentCard}, **ERRORS},

@@ -44,6 +44,37 @@ class Families(BaseModel):
     families: list[Family]
 
 
+class Split(BaseModel):
+    parent: str
+    n_children: int = Field(description="its qualifying children")
+
+
+class LevelSummary(BaseModel):
+    parent_sae: str
+    child_sae: str
+    parent_level: int
+    child_level: int
+    scored: bool = Field(description="false until the pair's job is done")
+    n_edges: int = Field(description="qualifying edges")
+    split: int = Field(description="parents with 2 or more qualifying children")
+    merge: int = Field(description="children with 2 or more qualifying parents")
+    persist: int = Field(
+        description="one qualifying child whose one qualifying parent it is, masked cosine"
+        " >= 0.9 both ways"
+    )
+    new: int = Field(description="children with no qualifying parent")
+    vanish: int = Field(description="parents with no qualifying child")
+    largest_splits: list[Split] = Field(description="up to five, most children first")
+
+
+class FamilySummary(BaseModel):
+    ok: Literal[True]
+    family: str
+    threshold: float
+    min_active_tokens: int
+    levels: list[LevelSummary]
+
+
 class Context(BaseModel):
     """One of a latent's largest activations, with the tokens around it when known."""
 

@@ -154,6 +154,27 @@ def suggested_root(conn: Connection, family_id: int) -> str | None:
     return conn.execute(SUGGESTED_ROOT, {"family": family_id}).scalar_one_or_none()
 
 
+def family_summary(
+    conn: Connection, family: str, threshold: float, min_active_tokens: int
+) -> list[dict[str, Any]]:
+    """Per pair of neighbouring levels of `family`: latents that split, merge, persist, are new,
+    vanish, and the largest splits (service/db/views/06_family_summary.sql); UnknownFamily if
+    there is no such family."""
+    family_row = conn.execute(
+        sa.select(tables.Family.id).where(tables.Family.name == family)
+    ).first()
+    if family_row is None:
+        raise errors.UnknownFamily(f"unknown family {family!r}")
+    rows = conn.execute(
+        sa.text(
+            "SELECT * FROM family_summary(CAST(:family AS text), CAST(:threshold AS real),"
+            " CAST(:min_active AS integer))"
+        ),
+        {"family": family, "threshold": threshold, "min_active": min_active_tokens},
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
 def status(conn: Connection) -> dict[str, Any]:
     """Families with their saes (by level) and the number of jobs in each state."""
     jobs = {state: 0 for state in tables.JOB_STATES}

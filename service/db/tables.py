@@ -175,7 +175,7 @@ class Edge(Base):
         {"postgresql_partition_by": "LIST (job_id)"},
     )
     # The ORM's identity of a row (no such constraint in the database, see above).
-    __mapper_args__: ClassVar = {"primary_key": [parent_id, child_id]}
+    __mapper_args__ = {"primary_key": [parent_id, child_id]}  # noqa: RUF012
 
 
 class TreeEdge(Base):

@@ -15,6 +15,8 @@ from sqlalchemy.engine import Connection
 FOLDER = Path(__file__).with_name("views")
 # Dropped in this order (dependents first).
 OBJECTS = (
+    ("VIEW", "level_summary"),
+    ("FUNCTION", "family_summary(text, real, integer)"),
     ("FUNCTION", "latent_contexts(text, integer)"),
     ("FUNCTION", "latent_tree(text, real, integer)"),
     ("FUNCTION", "latent_reach(text, real, integer)"),

@@ -150,6 +150,19 @@ def test_a_large_tree_is_capped_with_its_size(client: TestClient) -> None:
     assert too_many.status_code == 400 and "max_nodes" in too_many.json()["error"]
 
 
+def test_family_summary_route(client: TestClient, planted_family: Planted) -> None:
+    body = ok(client.get("/api/families/P/summary", params={"threshold": 0.7}))
+    want = planted_family.sql("SELECT parent_sae, split, merge, new FROM family_summary('P', 0.7)")
+    assert [(r["parent_sae"], r["split"], r["merge"], r["new"]) for r in body["levels"]] == [
+        tuple(r) for r in want
+    ]
+    assert body["threshold"] == 0.7 and body["levels"][0]["largest_splits"]
+    missing = client.get("/api/families/Nope/summary")
+    assert missing.status_code == 404 and missing.json()["error"] == "unknown family 'Nope'"
+    bad = client.get("/api/families/a b/summary")
+    assert bad.status_code == 400 and "name" in bad.json()["error"]
+
+
 def test_tree_contexts_on_request(client: TestClient) -> None:
     none = ok(client.get("/api/trees/P/1/3", params={"shape": "flat"}))
     two = ok(client.get("/api/trees/P/1/3", params={"shape": "flat", "contexts": 2}))

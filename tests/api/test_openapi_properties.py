@@ -14,7 +14,7 @@ def test_generated_requests_conform(planted_family: Planted) -> None:
     with read_only_app(planted_family.url, planted_family.config) as app:
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         operations = [result.ok() for result in schema.get_all_operations()]
-        assert len(operations) == 6
+        assert len(operations) == 7
         for operation in operations:
 
             @given(case=operation.as_strategy())

@@ -81,6 +81,16 @@ def test_the_first_view_is_a_readable_tree_with_its_root_in_view(base_url: str) 
         expect(page.locator("#card h2")).to_have_text(suggested)
         heading = page.locator("#card h3", has_text="children").inner_text()
         assert heading.startswith(f"children ({card['n_children']}")
+        # The family at a glance: the API's counts; a largest split opens its tree.
+        levels = api(base_url, f"/api/families/{family['name']}/summary", threshold=0.6)["levels"]
+        rows = page.locator("table.summary tr[data-pair]")
+        expect(rows).to_have_count(len(levels))
+        cells = rows.first.locator("td").all_inner_texts()
+        keys = ("split", "merge", "persist", "new", "vanish")
+        assert cells[1:6] == [str(levels[0][k]) for k in keys]
+        split = levels[0]["largest_splits"][0]["parent"]
+        page.locator(f'table.summary a[data-label="{split}"]').click()
+        expect(root).to_have_attribute("data-label", split)
         shot = REPO / "out" / "viewer-first.png"
         shot.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(shot))

@@ -8,7 +8,7 @@ const COLUMN = 250;
 const ROW = 26;
 const MARGIN = { top: 24, left: 16 };
 
-const state = { family: null, root: null, threshold: 0.6, selected: null, request: 0 };
+const state = { family: null, root: null, threshold: 0.6, selected: null, request: 0, summary: 0 };
 
 async function api(path) {
   const response = await fetch(path);
@@ -265,6 +265,48 @@ async function showCard(label) {
   }
 }
 
+// The family at a glance: per pair of neighbouring levels, the latents that split, merge,
+// persist, are new or vanish at the threshold, and the largest splits (each opens its tree).
+async function showSummary() {
+  if (!state.family) return;
+  const ticket = ++state.summary;
+  const t = state.threshold.toFixed(2);
+  const box = $("summary-body");
+  $("summary-threshold").textContent = t;
+  try {
+    const { levels } = await api(`/api/families/${encodeURIComponent(state.family)}/summary?threshold=${t}`);
+    if (ticket !== state.summary) return;
+    if (!levels.length) {
+      box.replaceChildren(el("p", { class: "muted" }, "one sae so far: nothing to compare"));
+      return;
+    }
+    const table = el("table", { class: "summary" });
+    const head = el("tr");
+    for (const h of ["levels", "split", "merge", "persist", "new", "vanish", "largest splits"]) head.append(el("th", {}, h));
+    table.append(head);
+    for (const row of levels) {
+      const tr = el("tr", { "data-pair": `${row.parent_sae} -> ${row.child_sae}` });
+      tr.append(el("td", {}, `${row.parent_sae} → ${row.child_sae}`));
+      for (const key of ["split", "merge", "persist", "new", "vanish"]) {
+        tr.append(el("td", {}, row.scored ? String(row[key]) : "–"));
+      }
+      const splits = el("td");
+      if (!row.scored) splits.append("not scored yet");
+      for (const split of row.largest_splits) {
+        const link = el("a", { "data-label": split.parent, title: "open its tree" }, `${split.parent} (${split.n_children})`);
+        link.addEventListener("click", () => openRoot(split.parent));
+        splits.append(link, " ");
+      }
+      tr.append(splits);
+      table.append(tr);
+    }
+    box.replaceChildren(table);
+  } catch (error) {
+    if (ticket !== state.summary) return;
+    box.replaceChildren(el("p", { class: "error" }, error.message));
+  }
+}
+
 function openRoot(label) {
   state.root = label;
   state.selected = label;
@@ -273,6 +315,7 @@ function openRoot(label) {
   if ($("family").value !== family && [...$("family").options].some((o) => o.value === family)) {
     $("family").value = family;
     state.family = family;
+    showSummary();
   }
   showTree();
   showCard(label);
@@ -293,9 +336,11 @@ async function main() {
   const start = hash.root ? hash.root.split("/")[0] : families[0].name;
   const first = await chooseFamily(families, families.some((f) => f.name === start) ? start : families[0].name);
   openRoot(hash.root || first);
+  showSummary();
 
   $("family").addEventListener("change", async (e) => {
     const label = await chooseFamily(families, e.target.value);
+    showSummary();
     if (label) openRoot(label);
   });
   $("root").addEventListener("input", debounce((e) => suggest(e.target.value).catch(() => {}), 150));
@@ -305,10 +350,12 @@ async function main() {
     if (label) openRoot(label);
   });
   const redraw = debounce(showTree, 120);
+  const recount = debounce(showSummary, 400);
   $("threshold").addEventListener("input", (e) => {
     state.threshold = parseFloat(e.target.value);
     $("threshold-value").value = state.threshold.toFixed(2);
     redraw();
+    recount();
   });
   $("overlay").addEventListener("change", (e) => {
     const layer = $("overlay-links");
