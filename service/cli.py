@@ -35,11 +35,15 @@ family_app = typer.Typer(help="Families of saes.", no_args_is_help=True)
 sae_app = typer.Typer(help="Saes of a family.", no_args_is_help=True)
 store_app = typer.Typer(help="The store of activations and model inputs.", no_args_is_help=True)
 job_app = typer.Typer(help="Jobs: list them, retry a failed one.", no_args_is_help=True)
+explanations_app = typer.Typer(
+    help="Explanations of latents, from Neuronpedia exports.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(job_app, name="job")
 app.add_typer(store_app, name="store")
 app.add_typer(family_app, name="family")
 app.add_typer(sae_app, name="sae")
+app.add_typer(explanations_app, name="explanations")
 
 out = Console(soft_wrap=True)
 T = TypeVar("T")
@@ -218,6 +222,27 @@ def sae_link(
     with _engine().begin() as conn:
         queries.link_neuronpedia(conn, name, neuronpedia)
     out.print(f"sae {name}: neuronpedia {neuronpedia or 'unlinked'}", markup=False)
+
+
+@explanations_app.command("import")
+def explanations_import(
+    sae: Annotated[str, typer.Argument(help="The sae, e.g. S/2 (linked to Neuronpedia).")],
+    path: Annotated[
+        Path,
+        typer.Argument(help="An export file, or a folder of explanations/batch-N.jsonl.gz."),
+    ],
+) -> None:
+    """Attach a Neuronpedia export's explanations to an sae's latents (replacing earlier ones);
+    trees, cards, exports and the viewer show them."""
+    from service import explanations
+
+    done = explanations.import_(_engine(), sae, path)
+    replaced = f", replacing {done.n_replaced:,}" if done.n_replaced else ""
+    out.print(
+        f"sae {done.sae}: {done.n_explanations:,} explanations of {done.n_latents:,} latents"
+        f" from {done.n_files} file(s){replaced}",
+        markup=False,
+    )
 
 
 @sae_app.command("delete")
@@ -464,6 +489,7 @@ def worker_cmd(
 class TreeFormat(StrEnum):
     text = "text"
     json = "json"
+    quick_list = "quick-list"
 
 
 @app.command("tree")
@@ -472,7 +498,10 @@ def tree_cmd(
     threshold: Annotated[
         float | None, typer.Option("--threshold", help="Default: LATENT_TREES_THRESHOLD.")
     ] = None,
-    fmt: Annotated[TreeFormat, typer.Option("--format", help="text or json.")] = TreeFormat.text,
+    fmt: Annotated[
+        TreeFormat,
+        typer.Option("--format", help="text, json, or quick-list (a Neuronpedia quick-list link)."),
+    ] = TreeFormat.text,
     n_contexts: Annotated[
         int, typer.Option("--contexts", min=0, help="Top activations shown per node (text).")
     ] = 1,
@@ -489,6 +518,16 @@ def tree_cmd(
             config.threshold if threshold is None else threshold,
             config.min_active_tokens,
         ).rows
+        linked = queries.neuronpedia_ids(conn, label.split("/", 1)[0])
+    if fmt is TreeFormat.quick_list:
+        link = trees.quick_list(rows, linked)
+        if link is None:
+            raise errors.BadInput(
+                f"no sae of {label.split('/', 1)[0]} is linked to Neuronpedia:"
+                " run `latent-trees sae link S/1 --neuronpedia MODEL/SOURCE` first"
+            )
+        typer.echo(link)
+        return
     root = trees.nest(rows)
     if fmt is TreeFormat.json:
         typer.echo(json.dumps(root, indent=2))

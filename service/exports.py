@@ -69,6 +69,7 @@ COLUMNS: dict[Kind, list[tuple[str, pa.DataType]]] = {
         ("depth", pa.int32()),
         ("parent", pa.string()),
         ("parent_score", pa.float32()),
+        ("explanation", pa.string()),
     ],
     "trees": [
         ("root", pa.string()),
@@ -77,6 +78,7 @@ COLUMNS: dict[Kind, list[tuple[str, pa.DataType]]] = {
         ("depth", pa.int32()),
         ("score", pa.float32()),
         ("path", pa.list_(pa.string())),
+        ("explanation", pa.string()),
     ],
 }
 

@@ -1,8 +1,11 @@
-"""Rooted trees: the flat rows of `latent_tree()` nested, and drawn as indented text."""
+"""Rooted trees: the flat rows of `latent_tree()` nested, drawn as indented text, and listed as
+a Neuronpedia quick list."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from service.sources import neuronpedia
 
 
 def nest(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -30,6 +33,18 @@ def context_text(context: dict[str, Any]) -> str | None:
     return f"{context['value']:.3g}: " + text.replace("\n", "⏎").replace("\r", "")
 
 
+def quick_list(rows: list[dict[str, Any]], linked: dict[str, str]) -> str | None:
+    """The tree's nodes (flat rows) of saes linked to Neuronpedia (`linked`: sae name -> its
+    MODEL/SOURCE) as a Neuronpedia quick-list link, named after the root; None if there are
+    none."""
+    latents = []
+    for row in rows:
+        sae, idx = row["node"].rsplit("/", 1)
+        if sae in linked:
+            latents.append((linked[sae], int(idx)))
+    return neuronpedia.quick_list(f"latent-trees {rows[0]['node']}", latents) if latents else None
+
+
 def render(root: dict[str, Any], n_contexts: int = 1) -> str:
     """Indented text: label, score, max_act, frequency; other parents after 'also under';
     under each node, its `n_contexts` top activations in context when the texts are known."""
@@ -37,6 +52,8 @@ def render(root: dict[str, Any], n_contexts: int = 1) -> str:
 
     def describe(node: dict[str, Any]) -> str:
         parts = [node["node"]]
+        if node.get("explanation"):
+            parts.append(f"“{node['explanation']}”")
         if node["score"] is not None:
             parts.append(f"score {node['score']:.3f}")
         parts.append(f"max {node['max_act']:.3g}")

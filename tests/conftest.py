@@ -186,6 +186,8 @@ def pipeline(migrated_url: str, engine: Engine, tmp_path: Path) -> Iterator[Pipe
 
     def empty() -> None:
         with engine.begin() as conn:
+            # A connection a test left open fails this at once, rather than hanging the suite.
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '10s'")
             edges.drop_all(conn)
             conn.execute(
                 sa.text(

@@ -285,6 +285,9 @@ def create_app(engine: Engine, config: settings.Settings) -> FastAPI:
                 "nodes": reached.rows if shape == "flat" else None,
                 "n_nodes": reached.n_nodes,
                 "left_out": reached.left_out,
+                "quick_list": trees.quick_list(
+                    reached.rows, queries.neuronpedia_ids(conn, label.split("/", 1)[0])
+                ),
             }
 
         return respond(request, compute)

@@ -112,6 +112,12 @@ class ForestPlace(BaseModel):
     score: float | None
 
 
+class ExplanationOut(BaseModel):
+    description: str
+    type_name: str | None
+    explanation_model_name: str | None
+
+
 class LatentCard(BaseModel):
     ok: Literal[True]
     label: str
@@ -127,6 +133,9 @@ class LatentCard(BaseModel):
     threshold: float
     forest: ForestPlace | None = Field(description="place in the forest at threshold 0.6")
     contexts: list[Context]
+    explanations: list[ExplanationOut] = Field(
+        description="imported from Neuronpedia, first shown first"
+    )
     parents: list[ScoredLatent]
     children: list[ScoredLatent]
     n_parents: int = Field(description="stored edges to parents (`parents` holds up to `limit`)")
@@ -141,6 +150,7 @@ class FlatNode(BaseModel):
     other_parents: list[str]
     max_act: float
     frequency: float
+    explanation: str | None = Field(description="its first imported explanation")
     contexts: list[Context]
 
 
@@ -157,6 +167,9 @@ class Tree(BaseModel):
     nodes: list[FlatNode] | None = Field(description="with shape=flat")
     n_nodes: int = Field(description="nodes the tree has, shown or not")
     left_out: int = Field(description="nodes beyond `max_nodes`, not shown")
+    quick_list: str | None = Field(
+        description="the shown nodes as a Neuronpedia quick list (those of linked saes)"
+    )
 
 
 class DagNode(BaseModel):
@@ -166,6 +179,7 @@ class DagNode(BaseModel):
     level: int
     max_act: float
     frequency: float
+    explanation: str | None
 
 
 class DagLink(BaseModel):

@@ -98,6 +98,16 @@ def latent_card(
     )
     card["forest"] = dict(forest) if forest is not None else None
     card["contexts"] = queries.contexts(conn, [label])[label]
+    card["explanations"] = [
+        dict(r)
+        for r in conn.execute(
+            sa.text(
+                "SELECT description, type_name, explanation_model_name FROM explanation"
+                " WHERE latent_id = :id ORDER BY rank"
+            ),
+            {"id": row["id"]},
+        ).mappings()
+    ]
     params = {"id": row["id"], "threshold": threshold, "min_active": min_active_tokens}
     for side, mine, theirs in (("parents", "child", "parent"), ("children", "parent", "child")):
         query = edges_query(
@@ -216,7 +226,8 @@ def dag(
     labels = list(dict.fromkeys(row["node"] for row in reached.rows))
     found = conn.execute(
         sa.text(
-            "SELECT l.label, s.name AS sae, s.level, l.max_act, l.frequency"
+            "SELECT l.label, s.name AS sae, s.level, l.max_act, l.frequency,"
+            f" {queries.explanation_of('l')} AS explanation"
             " FROM latent l JOIN sae_level s ON s.id = l.sae_id"
             " WHERE l.label = ANY(CAST(:labels AS text[]))"
         ),
@@ -228,7 +239,7 @@ def dag(
         label: {
             "id": label,
             "depth": depth[label],
-            **{k: about[label][k] for k in ("sae", "level", "max_act", "frequency")},
+            **{k: about[label][k] for k in ("sae", "level", "max_act", "frequency", "explanation")},
         }
         for label in labels
     }
@@ -302,7 +313,8 @@ def latents_query(family: str | None) -> str:
     condition = "WHERE f.name = :family" if family is not None else ""
     return (
         "SELECT l.label, f.name AS family, s.name AS sae, s.level, s.d_sae, l.idx, l.max_act,"
-        " l.n_active, l.frequency, n.root, n.depth, e.parent, e.score AS parent_score"
+        " l.n_active, l.frequency, n.root, n.depth, e.parent, e.score AS parent_score,"
+        f" {queries.explanation_of('l')} AS explanation"
         " FROM latent l JOIN sae_level s ON s.id = l.sae_id JOIN family f ON f.id = s.family_id"
         " LEFT JOIN tree_nodes n ON n.node = l.label LEFT JOIN tree_edges e ON e.child = l.label"
         f" {condition} ORDER BY f.name, s.level, l.idx"
@@ -313,7 +325,9 @@ def forest_query(family: str | None) -> str:
     """The forest (tree_nodes with each node's best parent), root by root, depth first."""
     condition = "WHERE n.root LIKE :family_prefix" if family is not None else ""
     return (
-        "SELECT n.root, n.node, e.parent, n.depth, e.score, n.path"
+        "SELECT n.root, n.node, e.parent, n.depth, e.score, n.path,"
+        f" {queries.explanation_of('l')} AS explanation"
         " FROM tree_nodes n LEFT JOIN tree_edges e ON e.child = n.node"
+        " JOIN latent l ON l.label = n.node"
         f" {condition} ORDER BY n.root, n.path"
     )

@@ -201,6 +201,27 @@ def latent(conn: Connection, label: str) -> sa.Row[Any]:
     return row
 
 
+def explanation_of(latent: str) -> str:
+    """SQL: the first explanation of the latent row `latent` (an alias), NULL without one."""
+    return (
+        f"(SELECT x.description FROM explanation x WHERE x.latent_id = {latent}.id"
+        " ORDER BY x.rank LIMIT 1)"
+    )
+
+
+def neuronpedia_ids(conn: Connection, family: str) -> dict[str, str]:
+    """The Neuronpedia ids (MODEL/SOURCE) of the family's linked saes, by sae name."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT s.name, s.source ->> 'neuronpedia_id' FROM sae s"
+            " JOIN family f ON f.id = s.family_id"
+            " WHERE f.name = :family AND s.source ? 'neuronpedia_id'"
+        ),
+        {"family": family},
+    ).all()
+    return {name: np_id for name, np_id in rows}
+
+
 # The rooted tree of :root at :threshold and :min_active (service/db/views/04_latent_tree.sql):
 # its first :max_nodes nodes by depth, then label (all when NULL; a node's parents are always
 # among them), each with the number of nodes reached in all.
@@ -277,6 +298,7 @@ def rooted_tree(
     reached = tree_rows(
         conn,
         "SELECT t.node, t.parent, t.depth, t.score, t.other_parents, l.max_act, l.frequency,"
+        f" {explanation_of('l')} AS explanation,"
         " t.n_reached FROM {tree} t JOIN latent l ON l.label = t.node"
         " ORDER BY t.depth, t.node",
         root,

@@ -231,3 +231,19 @@ class TopActivation(Base):
     __table_args__ = (
         sa.CheckConstraint("rank >= 1 AND position >= 0 AND value > 0", name="valid"),
     )
+
+
+class Explanation(Base):
+    """An explanation of a latent, imported from a Neuronpedia export (rank 1: shown first)."""
+
+    __tablename__ = "explanation"
+
+    latent_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("latent.id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
+    description: Mapped[str] = mapped_column(sa.Text)
+    type_name: Mapped[str | None] = mapped_column(sa.Text)
+    explanation_model_name: Mapped[str | None] = mapped_column(sa.Text)
+
+    __table_args__ = (sa.CheckConstraint("rank >= 1", name="rank_positive"),)

@@ -21,6 +21,7 @@ TABLES = {
     "top_activation",
     "tree_edges",
     "tree_nodes",
+    "explanation",
 }
 
 

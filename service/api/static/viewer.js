@@ -140,12 +140,18 @@ function draw(tree, dag) {
     const g = el("g", { class: classes.join(" "), "data-label": node.node,
       transform: `translate(${node.x},${node.y})` }, null, SVG);
     g.append(el("circle", { r: 5 }, null, SVG));
-    g.append(el("text", { class: "label", x: 9, y: 4 }, node.node, SVG));
+    const label = el("text", { class: "label", x: 9, y: 4 }, node.node, SVG);
+    if (node.explanation) {
+      const short = node.explanation.length > 48 ? node.explanation.slice(0, 47) + "…" : node.explanation;
+      label.append(el("tspan", { class: "explanation" }, `  ${short}`, SVG));
+    }
+    g.append(label);
     if (node.score !== null) {
       g.append(el("text", { class: "score", x: 9, y: 16 }, `score ${fmt(node.score)}`, SVG));
     }
     const others = node.other_parents.length ? `\nalso under ${node.other_parents.join(", ")}` : "";
-    g.append(el("title", {}, `${node.node}  max ${fmt(node.max_act)}  freq ${fmt(node.frequency)}${others}`, SVG));
+    const explained = node.explanation ? `\n${node.explanation}` : "";
+    g.append(el("title", {}, `${node.node}  max ${fmt(node.max_act)}  freq ${fmt(node.frequency)}${explained}${others}`, SVG));
     g.addEventListener("click", () => showCard(node.node));
     group.append(g);
   }
@@ -164,6 +170,7 @@ async function showTree() {
     ]);
     if (ticket !== state.request) return; // a newer request won
     // A very large tree comes capped (its first nodes by depth): say so rather than time out.
+    quickList(tree.quick_list);
     message(
       tree.left_out
         ? `${tree.n_nodes - tree.left_out} of ${tree.n_nodes} nodes shown (the first by depth);` +
@@ -181,6 +188,13 @@ async function showTree() {
     $("tree").replaceChildren();
     message(error.message, true);
   }
+}
+
+// The tree's latents (of saes linked to Neuronpedia) as a Neuronpedia quick list.
+function quickList(href) {
+  const box = $("quick-list");
+  box.replaceChildren();
+  if (href) box.append(el("a", { href, target: "_blank", rel: "noopener" }, "open as a Neuronpedia quick list"));
 }
 
 // A card's parents or children: the neighbouring sae's first (the tree's edges), then those of
@@ -246,6 +260,10 @@ async function showCard(label) {
       stats.lastChild.append(link);
     }
     const parts = [title, reroot, stats];
+    for (const x of c.explanations) {
+      const by = [x.type_name, x.explanation_model_name].filter(Boolean).join(", ");
+      parts.push(el("p", { class: "explanation", title: by }, x.description));
+    }
     const known = c.contexts.filter((x) => x.token !== null);
     if (known.length) {
       parts.push(el("h3", {}, "top activations"));
