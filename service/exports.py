@@ -53,6 +53,7 @@ COLUMNS: dict[Kind, list[tuple[str, pa.DataType]]] = {
         ("score", pa.float32()),
         ("n_coactive", pa.int32()),
         ("adjacent", pa.bool_()),
+        ("dec_cos", pa.float32()),
         ("qualifies", pa.bool_()),
     ],
     "latents": [
@@ -69,6 +70,7 @@ COLUMNS: dict[Kind, list[tuple[str, pa.DataType]]] = {
         ("depth", pa.int32()),
         ("parent", pa.string()),
         ("parent_score", pa.float32()),
+        ("max_dec_cos", pa.float32()),
         ("explanation", pa.string()),
     ],
     "trees": [

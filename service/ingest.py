@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sqlalchemy.engine import Engine
 
 from service import entries, errors, settings
 from service.compute import chunks as chunks_
+from service.compute import decoder as decoder_
 from service.compute import device as device_
 from service.compute import encode as encode_
 from service.compute import scores
@@ -63,7 +65,11 @@ class _Staged:
 
 
 def _stage(
-    config: settings.Settings, blocks: Iterable[chunks_.SparseChunk], n_tokens: int, d_sae: int
+    config: settings.Settings,
+    blocks: Iterable[chunks_.SparseChunk],
+    n_tokens: int,
+    d_sae: int,
+    decoder: np.ndarray | None = None,
 ) -> _Staged:
     """Stream blocks into the store while folding them into the per-latent statistics."""
     cpu = torch.device("cpu")
@@ -78,7 +84,7 @@ def _stage(
 
     the_store = store.Store.under(config.home)
     the_store.sweep_tmp()  # what killed ingests left behind
-    pending = the_store.write_activations(counted(), n_tokens, d_sae)
+    pending = the_store.write_activations(counted(), n_tokens, d_sae, decoder)
     return _Staged(pending, acc.result(), top.result())
 
 
@@ -225,7 +231,9 @@ def ingest_checkpoint(
         encode_.encode_chunk(moved, x.to(device), start, quality)
         for start, x in inputs.batches(config.encode_tokens)
     )
-    staged = _stage(config, blocks, inputs.n_tokens, encoder.d_sae)
+    staged = _stage(
+        config, blocks, inputs.n_tokens, encoder.d_sae, decoder_.unit_rows(encoder.W_dec)
+    )
     seconds = time.perf_counter() - started
     meta = {
         "kind": "checkpoint",

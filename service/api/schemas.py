@@ -96,6 +96,9 @@ class ScoreParts(BaseModel):
     score: float
     n_coactive: int
     adjacent: bool = Field(description="the two saes are neighbours by level")
+    dec_cos: float | None = Field(
+        description="cosine of the two decoder vectors (both saes from checkpoints)"
+    )
 
 
 class ScoredLatent(ScoreParts):
@@ -129,6 +132,10 @@ class LatentCard(BaseModel):
     max_act: float
     n_active: int
     frequency: float
+    max_dec_cos: float | None = Field(
+        description="largest decoder cosine to a latent of the next smaller sae (low: new at"
+        " this width)"
+    )
     neuronpedia_id: str | None
     threshold: float
     forest: ForestPlace | None = Field(description="place in the forest at threshold 0.6")
@@ -150,6 +157,9 @@ class FlatNode(BaseModel):
     other_parents: list[str]
     max_act: float
     frequency: float
+    max_dec_cos: float | None = Field(
+        description="largest decoder cosine to a latent of the next smaller sae"
+    )
     explanation: str | None = Field(description="its first imported explanation")
     contexts: list[Context]
 

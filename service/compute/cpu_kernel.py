@@ -378,3 +378,40 @@ def score_rows(
                         True,
                         counts,
                     )
+
+
+@numba.njit(parallel=True, cache=True)
+def listed_pair_sums(  # pragma: no cover - compiled
+    p_indptr: np.ndarray,
+    p_tokens: np.ndarray,
+    p_values: np.ndarray,
+    c_indptr: np.ndarray,
+    c_tokens: np.ndarray,
+    c_values: np.ndarray,
+    pair_parent: np.ndarray,
+    pair_child: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four sums (ab, aa over b > 0, bb over a > 0, co-active count) of listed pairs, from
+    both saes latent-major: a merge of the two latents' sorted token lists per pair."""
+    n = len(pair_parent)
+    ab = np.zeros(n, np.float64)
+    aa = np.zeros(n, np.float64)
+    bb = np.zeros(n, np.float64)
+    count = np.zeros(n, np.int64)
+    for k in numba.prange(n):
+        i, i_end = p_indptr[pair_parent[k]], p_indptr[pair_parent[k] + 1]
+        j, j_end = c_indptr[pair_child[k]], c_indptr[pair_child[k] + 1]
+        while i < i_end and j < j_end:
+            if p_tokens[i] < c_tokens[j]:
+                i += 1
+            elif p_tokens[i] > c_tokens[j]:
+                j += 1
+            else:
+                a, b = np.float64(p_values[i]), np.float64(c_values[j])
+                ab[k] += a * b
+                aa[k] += a * a
+                bb[k] += b * b
+                count[k] += 1
+                i += 1
+                j += 1
+    return ab, aa, bb, count

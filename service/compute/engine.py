@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numba
+import numpy as np
 import torch
 
 from service.compute import chunks as chunks_
@@ -51,6 +52,39 @@ class PairResult:
     blocks: list[tuple[int, int]]
     seconds: float
     backend: str
+
+
+def score_listed(
+    parent: chunks_.ChunkSource,
+    child: chunks_.ChunkSource,
+    pair_parent: np.ndarray,
+    pair_child: np.ndarray,
+    parent_stats: stats_.LatentStats,
+    child_stats: stats_.LatentStats,
+    chunk_tokens: int = 1 << 16,
+) -> scores_.Edges:
+    """The listed pairs scored exactly (on the CPU), those that co-activate: a pair without a
+    co-active token is no edge (SPEC.md section 2). For a few pairs per child, picked by
+    something other than their score (decoder cosines)."""
+    p = layout.latent_major(layout.token_major(parent, chunk_tokens), 0, parent.d_sae)
+    c = layout.latent_major(layout.token_major(child, chunk_tokens), 0, child.d_sae)
+    pair_parent = np.ascontiguousarray(pair_parent, np.int64)
+    pair_child = np.ascontiguousarray(pair_child, np.int64)
+    ab, aa, bb, n = cpu_kernel.listed_pair_sums(
+        p.indptr, p.tokens, p.values, c.indptr, c.tokens, c.values, pair_parent, pair_child
+    )
+    keep = n > 0
+    pp, cc = pair_parent[keep], pair_child[keep]
+    masked_cos, masked_cos_parent, max_ratio, score = scores_.parts(
+        ab[keep],
+        aa[keep],
+        bb[keep],
+        parent_stats.sum_sq.numpy()[pp],
+        child_stats.sum_sq.numpy()[cc],
+        parent_stats.max_act.numpy().astype(np.float64)[pp],
+        child_stats.max_act.numpy().astype(np.float64)[cc],
+    )
+    return scores_.Edges.of(pp, cc, masked_cos, masked_cos_parent, max_ratio, score, n[keep])
 
 
 def default_budget(device: torch.device) -> int:

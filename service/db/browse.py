@@ -29,7 +29,8 @@ AFTER = re.compile(r"^([0-9]{1,10})-([0-9]{1,10})$")
 # sae level `ps` (the columns of the latent_edges view).
 EDGE_PARTS = """
     e.masked_cos, e.masked_cos_parent, GREATEST(e.masked_cos, e.masked_cos_parent) AS mcs,
-    e.max_ratio, e.score, e.n_coactive, COALESCE(ps.next_id = c.sae_id, false) AS adjacent
+    e.max_ratio, e.score, e.n_coactive, COALESCE(ps.next_id = c.sae_id, false) AS adjacent,
+    e.dec_cos
 """
 SCORE_PARTS = (
     "masked_cos",
@@ -39,6 +40,7 @@ SCORE_PARTS = (
     "score",
     "n_coactive",
     "adjacent",
+    "dec_cos",
     "qualifies",
 )
 QUALIFIES = """
@@ -72,7 +74,7 @@ def latent_card(
         conn.execute(
             sa.text(
                 "SELECT l.id, l.label, f.name AS family, s.name AS sae, s.level, s.d_sae, l.idx,"
-                " l.max_act, l.n_active, l.frequency,"
+                " l.max_act, l.n_active, l.frequency, l.max_dec_cos,"
                 " t.source ->> 'neuronpedia_id' AS neuronpedia_id"
                 " FROM latent l JOIN sae_level s ON s.id = l.sae_id JOIN sae t ON t.id = s.id"
                 " JOIN family f ON f.id = s.family_id WHERE l.label = :label"
@@ -314,6 +316,7 @@ def latents_query(family: str | None) -> str:
     return (
         "SELECT l.label, f.name AS family, s.name AS sae, s.level, s.d_sae, l.idx, l.max_act,"
         " l.n_active, l.frequency, n.root, n.depth, e.parent, e.score AS parent_score,"
+        " l.max_dec_cos,"
         f" {queries.explanation_of('l')} AS explanation"
         " FROM latent l JOIN sae_level s ON s.id = l.sae_id JOIN family f ON f.id = s.family_id"
         " LEFT JOIN tree_nodes n ON n.node = l.label LEFT JOIN tree_edges e ON e.child = l.label"

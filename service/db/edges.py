@@ -29,6 +29,7 @@ COLUMNS = (
     ("max_ratio", "float4"),
     ("score", "float4"),
     ("n_coactive", "int4"),
+    ("dec_cos", "float4"),  # only when both saes came from checkpoints; else NULL
 )
 # Rows encoded per COPY write: encoding the next slice overlaps the server's parsing.
 ROWS_PER_WRITE = 1 << 18
@@ -55,7 +56,7 @@ def publish(conn: Connection, job_id: int, columns: Mapping[str, np.ndarray]) ->
     n = copy.copy_in(
         conn,
         name,
-        {column: (columns[column], kind) for column, kind in COLUMNS},
+        {column: (columns[column], kind) for column, kind in COLUMNS if column in columns},
         freeze=True,
         rows_per_write=ROWS_PER_WRITE,
     )

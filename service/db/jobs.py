@@ -124,9 +124,15 @@ def inputs(conn: Connection, job: Claim) -> JobInputs:
     return JobInputs(parent, child, f"{parent_name} -> {child_name}")
 
 
-def publish(conn: Connection, job: Claim, columns: dict[str, np.ndarray]) -> int:
-    """In one transaction: mark the job done and make `columns` its edges (its partition of
-    `edge`). Its forest update follows in a transaction of its own (`next_forest_update`).
+def publish(
+    conn: Connection,
+    job: Claim,
+    columns: dict[str, np.ndarray],
+    max_dec_cos: tuple[np.ndarray, np.ndarray] | None = None,
+) -> int:
+    """In one transaction: mark the job done, make `columns` its edges (its partition of
+    `edge`) and, with decoder cosines, set `max_dec_cos` (latent ids, values) of its child
+    latents. Its forest update follows in a transaction of its own (`next_forest_update`).
 
     Raises LeaseLost (and the transaction rolls back) if the job is no longer ours."""
     done = conn.execute(
@@ -138,7 +144,17 @@ def publish(conn: Connection, job: Claim, columns: dict[str, np.ndarray]) -> int
     )
     if done.rowcount != 1:
         raise LeaseLost(f"job {job.id}: lease lost; its edges were not written")
-    return edges.publish(conn, job.id, columns)
+    n = edges.publish(conn, job.id, columns)
+    if max_dec_cos is not None:
+        ids, values = max_dec_cos
+        conn.execute(
+            sa.text(
+                "UPDATE latent l SET max_dec_cos = v.m FROM unnest(CAST(:ids AS integer[]),"
+                " CAST(:m AS real[])) AS v(id, m) WHERE l.id = v.id"
+            ),
+            {"ids": ids.tolist(), "m": values.tolist()},
+        )
+    return n
 
 
 def next_forest_update(conn: Connection) -> int | None:

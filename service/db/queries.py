@@ -298,6 +298,7 @@ def rooted_tree(
     reached = tree_rows(
         conn,
         "SELECT t.node, t.parent, t.depth, t.score, t.other_parents, l.max_act, l.frequency,"
+        " l.max_dec_cos,"
         f" {explanation_of('l')} AS explanation,"
         " t.n_reached FROM {tree} t JOIN latent l ON l.label = t.node"
         " ORDER BY t.depth, t.node",

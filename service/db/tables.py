@@ -91,6 +91,8 @@ class Latent(Base):
     n_active: Mapped[int] = mapped_column(sa.BigInteger)
     frequency: Mapped[float] = mapped_column(sa.REAL)
     sum_sq: Mapped[float] = mapped_column(sa.Double)
+    # Its largest decoder cosine to a latent of the next smaller sae (checkpoints only).
+    max_dec_cos: Mapped[float | None] = mapped_column(sa.REAL)
 
     __table_args__ = (
         sa.UniqueConstraint("sae_id", "idx"),
@@ -164,6 +166,8 @@ class Edge(Base):
     max_ratio: Mapped[float] = mapped_column(sa.REAL)
     score: Mapped[float] = mapped_column(sa.REAL)
     n_coactive: Mapped[int] = mapped_column(sa.Integer)
+    # The cosine of both latents' decoder vectors, when both saes came from checkpoints.
+    dec_cos: Mapped[float | None] = mapped_column(sa.REAL)
 
     __table_args__ = (
         sa.CheckConstraint("n_coactive > 0", name="coactive"),

@@ -16,8 +16,9 @@ import torch
 from sqlalchemy.engine import Engine
 
 from service import settings
+from service.compute import decoder, scores
+from service.compute import device as device_
 from service.compute import engine as compute
-from service.compute import scores
 from service.compute import stats as stats_
 from service.db import engine as db_engine
 from service.db import jobs
@@ -81,9 +82,25 @@ def run(
             child_stats=_stats(inputs.child),
             on_block=progress,
         )
-    columns = edge_columns(result.edges, inputs, job.id)
+    found, dec_cos, max_dec_cos = result.edges, None, None
+    parent_rows, child_rows = parent.decoder(), child.decoder()
+    if parent_rows is not None and child_rows is not None:
+        # Both saes came from checkpoints: decoder cosines too (SPEC.md section 2).
+        cos = decoder.extend(
+            result,
+            parent,
+            child,
+            parent_rows,
+            child_rows,
+            top=params.top_parents,
+            device=device_.resolve(config.device),
+            chunk_tokens=config.chunk_tokens,
+        )
+        found, dec_cos = cos.edges, cos.dec_cos
+        max_dec_cos = (inputs.child.ids, cos.max_dec_cos)
+    columns = edge_columns(found, inputs, job.id, dec_cos)
     started = time.perf_counter()
-    n = db_engine.transaction(engine, lambda conn: jobs.publish(conn, job, columns))
+    n = db_engine.transaction(engine, lambda conn: jobs.publish(conn, job, columns, max_dec_cos))
     return Outcome(
         job.id,
         inputs.label,
@@ -103,8 +120,14 @@ def _stats(latents: jobs.SaeLatents) -> stats_.LatentStats:
     )
 
 
-def edge_columns(edges: scores.Edges, inputs: jobs.JobInputs, job_id: int) -> dict[str, np.ndarray]:
-    """Rows for the edge table; pairs whose parts overflow float4 are dropped (never Inf)."""
+def edge_columns(
+    edges: scores.Edges,
+    inputs: jobs.JobInputs,
+    job_id: int,
+    dec_cos: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Rows for the edge table (with their decoder cosines when given); pairs whose parts
+    overflow float4 are dropped (never Inf)."""
     parts = {
         name: getattr(edges, name).numpy().astype(np.float32)
         for name in ("masked_cos", "masked_cos_parent", "max_ratio", "score")
@@ -119,6 +142,7 @@ def edge_columns(edges: scores.Edges, inputs: jobs.JobInputs, job_id: int) -> di
         "job_id": np.full(int(finite.sum()), job_id, dtype=np.int64),
         **{name: values[finite] for name, values in parts.items()},
         "n_coactive": np.minimum(n_coactive, np.iinfo(np.int32).max)[finite],
+        **({} if dec_cos is None else {"dec_cos": dec_cos.astype(np.float32)[finite]}),
     }
 
 

@@ -34,6 +34,8 @@ from service import errors
 from service.compute import chunks as chunks_
 from service.compute import layout
 
+# An sae from a checkpoint keeps its unit decoder rows (float32 [d_sae, d_in]) in its entry.
+DECODER = "decoder.f32"
 FILES = {
     "indptr": ("indptr.i64", np.int64),
     "indices": ("indices.i32", np.int32),
@@ -102,10 +104,15 @@ class Store:
         return cls(home / "store")
 
     def write_activations(
-        self, blocks: Iterable[chunks_.SparseChunk], n_tokens: int, d_sae: int
+        self,
+        blocks: Iterable[chunks_.SparseChunk],
+        n_tokens: int,
+        d_sae: int,
+        decoder: np.ndarray | None = None,
     ) -> Pending[Stored]:
         """Write consecutive blocks covering tokens [0, n_tokens) (sorted by token) to a
-        temporary folder; `place` puts them in the store."""
+        temporary folder; `place` puts them in the store. `decoder`: the sae's unit decoder
+        rows [d_sae, d_in] (checkpoints), kept beside its activations for decoder cosines."""
         tmp, lock = self._new_tmp()
         try:
             hashes = {name: hashlib.sha256() for name in FILES}
@@ -127,11 +134,19 @@ class Store:
                     fh.close()
             if next_token != n_tokens:
                 raise ValueError(f"blocks cover {next_token} tokens, expected {n_tokens}")
+            parts = [hashes[name].digest() for name in FILES]
+            meta: dict[str, Any] = {"n_tokens": n_tokens, "d_sae": d_sae, "nnz": nnz}
+            if decoder is not None:
+                rows = np.ascontiguousarray(decoder, np.float32)
+                if rows.ndim != 2 or rows.shape[0] != d_sae:
+                    raise ValueError(f"decoder of shape {rows.shape}, expected [{d_sae}, d_in]")
+                rows.tofile(tmp / DECODER)
+                parts.append(hashlib.sha256(rows.tobytes()).digest())
+                meta["d_in"] = int(rows.shape[1])
             digest = hashlib.sha256(
-                f"csr:{n_tokens}:{d_sae}:".encode()
-                + b"".join(hashes[name].digest() for name in FILES)
+                f"csr:{n_tokens}:{d_sae}:".encode() + b"".join(parts)
             ).hexdigest()
-            meta = {"n_tokens": n_tokens, "d_sae": d_sae, "nnz": nnz, "sha256": digest}
+            meta["sha256"] = digest
             (tmp / "meta.json").write_text(json.dumps(meta))
             entry = Stored(f"activations/{digest}", digest, n_tokens, d_sae, nnz)
             return Pending(entry, tmp, lock)
@@ -307,6 +322,14 @@ class StoreSource:
             shape = (nnz,)
             self.indices = _map(folder / FILES["indices"][0], np.int32, shape)
             self.values = _map(folder / FILES["values"][0], np.float32, shape)
+            d_in = meta.get("d_in")
+            self._decoder = (
+                _map(folder / DECODER, np.float32, (self._d_sae * int(d_in),)).reshape(
+                    self._d_sae, int(d_in)
+                )
+                if d_in is not None
+                else None
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise errors.ServiceError(
                 f"activation store entry {folder} is missing or damaged"
@@ -315,6 +338,10 @@ class StoreSource:
     @property
     def n_tokens(self) -> int:
         return self._n_tokens
+
+    def decoder(self) -> np.ndarray | None:
+        """The sae's unit decoder rows [d_sae, d_in], when it came from a checkpoint."""
+        return self._decoder
 
     @property
     def d_sae(self) -> int:

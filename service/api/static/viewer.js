@@ -7,6 +7,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const COLUMN = 250;
 const ROW = 26;
 const MARGIN = { top: 24, left: 16 };
+const NOVEL = 0.5; // max_dec_cos below this: drawn as new at its width
 
 const state = { family: null, root: null, threshold: 0.6, selected: null, request: 0, summary: 0 };
 
@@ -136,6 +137,9 @@ function draw(tree, dag) {
   for (const node of nodes) {
     const classes = ["node"];
     if (node.parent === null) classes.push("root");
+    // Decoder cosines (saes from checkpoints): a latent whose decoder is far from every one of
+    // the next smaller sae is new at its width.
+    if (node.max_dec_cos !== null && node.max_dec_cos !== undefined && node.max_dec_cos < NOVEL) classes.push("novel");
     if (node.node === state.selected) classes.push("selected");
     const g = el("g", { class: classes.join(" "), "data-label": node.node,
       transform: `translate(${node.x},${node.y})` }, null, SVG);
@@ -150,7 +154,8 @@ function draw(tree, dag) {
       g.append(el("text", { class: "score", x: 9, y: 16 }, `score ${fmt(node.score)}`, SVG));
     }
     const others = node.other_parents.length ? `\nalso under ${node.other_parents.join(", ")}` : "";
-    const explained = node.explanation ? `\n${node.explanation}` : "";
+    const explained = (node.explanation ? `\n${node.explanation}` : "") +
+      (node.max_dec_cos !== null && node.max_dec_cos !== undefined ? `\nmax decoder cosine ${fmt(node.max_dec_cos)}${node.max_dec_cos < NOVEL ? " (new at this width)" : ""}` : "");
     g.append(el("title", {}, `${node.node}  max ${fmt(node.max_act)}  freq ${fmt(node.frequency)}${explained}${others}`, SVG));
     g.addEventListener("click", () => showCard(node.node));
     group.append(g);
@@ -215,7 +220,7 @@ function scoredTable(rows, kind) {
   if (!rows.length) return el("p", { class: "muted" }, `no stored ${kind}`);
   const table = el("table", { class: kind });
   const head = el("tr");
-  for (const h of ["latent", "score", "masked cos", "max ratio", "mcs", "co-active"]) head.append(el("th", {}, h));
+  for (const h of ["latent", "score", "masked cos", "max ratio", "mcs", "co-active", "dec cos"]) head.append(el("th", {}, h));
   table.append(head);
   for (const row of rows) {
     const tr = el("tr", { class: row.qualifies ? "qualifies" : "" });
@@ -226,6 +231,7 @@ function scoredTable(rows, kind) {
     tr.append(cell);
     for (const v of [row.score, row.masked_cos, row.max_ratio, row.mcs]) tr.append(el("td", {}, fmt(v)));
     tr.append(el("td", {}, String(row.n_coactive)));
+    tr.append(el("td", {}, fmt(row.dec_cos)));
     table.append(tr);
   }
   return table;
@@ -252,6 +258,7 @@ async function showCard(label) {
       ["active tokens", `${c.n_active} (frequency ${fmt(c.frequency)})`],
       ["forest", c.forest ? `root ${c.forest.root}, depth ${c.forest.depth}` : "–"],
     ];
+    if (c.max_dec_cos !== null) facts.push(["max decoder cosine", `${fmt(c.max_dec_cos)}${c.max_dec_cos < NOVEL ? " (new at this width)" : ""}`]);
     for (const [k, v] of facts) stats.append(el("span", { class: "muted" }, k), el("span", {}, v));
     if (c.neuronpedia_id) {
       const href = `https://www.neuronpedia.org/${c.neuronpedia_id}/${c.idx}`;

@@ -10,7 +10,8 @@ SELECT p.label AS parent,
        e.max_ratio,
        e.score,
        e.n_coactive,
-       COALESCE(ps.next_id = c.sae_id, false) AS adjacent
+       COALESCE(ps.next_id = c.sae_id, false) AS adjacent,
+       e.dec_cos
 FROM edge e
 JOIN latent p ON p.id = e.parent_id
 JOIN latent c ON c.id = e.child_id

@@ -1,0 +1,138 @@
+"""Decoder cosines (SPEC.md section 2): `dec_cos` = the cosine of two latents' decoder vectors
+(rows of `W_dec`), for the stored pairs of a job, each child's best parents by it, and each
+child's `max_dec_cos` (its largest to any latent of the parent sae).
+
+A blocked matmul of unit rows: a block of child rows times every parent row at a time, so that
+memory is a block times d_sae(parent), never d_sae(child) x d_sae(parent); on the GPU when the
+job runs there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from service.compute import chunks as chunks_
+from service.compute import engine, scores
+
+# Bytes of one block of cosines (float32 [rows, d_parent]).
+BLOCK_BYTES = 1 << 28
+
+
+def unit_rows(w_dec: Float[Tensor, "d_sae d_in"]) -> Float[np.ndarray, "d_sae d_in"]:
+    """Decoder rows scaled to unit length (float32; a zero row stays zero)."""
+    w = w_dec.detach().to(torch.float64)
+    norms = w.norm(dim=-1, keepdim=True)
+    return (w / torch.where(norms > 0, norms, 1.0)).to(torch.float32).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class Cosines:
+    """The decoder cosines a job stores."""
+
+    of_edges: Float[np.ndarray, " n_edges"]  # dec_cos of each listed pair
+    max_dec_cos: Float[np.ndarray, " d_child"]
+    top_parent: Int[np.ndarray, "d_child top"]  # each child's best parents by dec_cos
+    top_cos: Float[np.ndarray, "d_child top"]
+
+
+def cosines(
+    parent: Float[np.ndarray, "d_parent d_in"],
+    child: Float[np.ndarray, "d_child d_in"],
+    edge_parent: Int[np.ndarray, " n_edges"],
+    edge_child: Int[np.ndarray, " n_edges"],
+    top: int = 3,
+    device: torch.device | str = "cpu",
+    block_bytes: int = BLOCK_BYTES,
+) -> Cosines:
+    """Decoder cosines between unit rows `parent` and `child`: of the listed pairs, each child's
+    maximum and its `top` best parents (ties: the lower parent index)."""
+    d_parent, d_child = len(parent), len(child)
+    top = min(top, d_parent)
+    p = torch.from_numpy(np.ascontiguousarray(parent)).to(device)
+    rows = max(1, block_bytes // (4 * max(d_parent, 1)))
+    of_edges = np.zeros(len(edge_child), np.float32)
+    max_dec_cos = np.zeros(d_child, np.float32)
+    top_parent = np.zeros((d_child, top), np.int64)
+    top_cos = np.zeros((d_child, top), np.float32)
+    order = np.argsort(edge_child, kind="stable")
+    bounds = np.searchsorted(edge_child[order], np.arange(0, d_child + rows, rows))
+    for i, lo in enumerate(range(0, d_child, rows)):
+        hi = min(lo + rows, d_child)
+        c = torch.from_numpy(np.ascontiguousarray(child[lo:hi])).to(device)
+        block = c @ p.T  # [hi - lo, d_parent]
+        # Ties to the lower parent index: topk on the cosine, then a stable order on it.
+        values, index = block.topk(top, dim=1)
+        index, values = _ties_to_lower_index(values, index)
+        top_parent[lo:hi] = index.cpu().numpy()
+        top_cos[lo:hi] = values.cpu().numpy()
+        max_dec_cos[lo:hi] = values[:, 0].cpu().numpy()
+        mine = order[bounds[i] : bounds[i + 1]]
+        if len(mine):
+            at_c = torch.from_numpy(edge_child[mine] - lo).to(device)
+            at_p = torch.from_numpy(edge_parent[mine]).to(device)
+            of_edges[mine] = block[at_c.long(), at_p.long()].cpu().numpy()
+    return Cosines(of_edges, max_dec_cos, top_parent, top_cos)
+
+
+def _ties_to_lower_index(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """The kept parents by cosine, equal cosines by the lower index (topk leaves their order
+    open). Which of several parents tied exactly at the cut are kept is topk's choice."""
+    by_index = index.argsort(dim=1)
+    index, values = index.gather(1, by_index), values.gather(1, by_index)
+    by_cos = torch.argsort(-values, dim=1, stable=True)
+    return index.gather(1, by_cos), values.gather(1, by_cos)
+
+
+@dataclass(frozen=True)
+class WithCosines:
+    """A job's edges with the decoder cosines of SPEC.md section 2."""
+
+    edges: scores.Edges  # the stored edges, then each child's best parents by dec_cos not
+    # among them that co-activate with it
+    dec_cos: Float[np.ndarray, " n_edges"]
+    max_dec_cos: Float[np.ndarray, " d_child"]
+
+
+def extend(
+    result: engine.PairResult,
+    parent: chunks_.ChunkSource,
+    child: chunks_.ChunkSource,
+    parent_rows: Float[np.ndarray, "d_parent d_in"],
+    child_rows: Float[np.ndarray, "d_child d_in"],
+    top: int = 3,
+    device: torch.device | str = "cpu",
+    chunk_tokens: int = 1 << 16,
+) -> WithCosines:
+    """The engine's edges, each child's `top` parents by dec_cos added (scored exactly), and
+    every edge's dec_cos and each child's max_dec_cos."""
+    edges = result.edges
+    found = cosines(parent_rows, child_rows, edges.parent.numpy(), edges.child.numpy(), top, device)
+    d_child = len(child_rows)
+    best_parent = found.top_parent.reshape(-1)
+    best_child = np.repeat(np.arange(d_child, dtype=np.int64), found.top_parent.shape[1])
+    stored = edges.parent.numpy().astype(np.int64) * d_child + edges.child.numpy()
+    new = ~np.isin(best_parent * d_child + best_child, stored)
+    extra = engine.score_listed(
+        parent,
+        child,
+        best_parent[new],
+        best_child[new],
+        result.parent_stats,
+        result.child_stats,
+        chunk_tokens,
+    )
+    extra_cos = np.einsum(
+        "ij,ij->i",
+        parent_rows[extra.parent.numpy()].astype(np.float64),
+        child_rows[extra.child.numpy()].astype(np.float64),
+    ).astype(np.float32)
+    return WithCosines(
+        scores.Edges.concat([edges, extra]),
+        np.concatenate([found.of_edges, extra_cos]),
+        found.max_dec_cos,
+    )
