@@ -390,12 +390,13 @@ def status(
         for family in report["families"]:
             for row in family["summary"]:
                 largest = ", ".join(
-                    f"{s['parent']} ({s['n_children']})" for s in row["largest_splits"][:3]
+                    f"{s['parent'].split('/', 1)[1]} ({s['n_children']})"
+                    for s in row["largest_splits"][:3]
                 )
                 counts = (row[k] for k in ("split", "merge", "persist", "new", "vanish"))
                 levels.add_row(
                     family["name"],
-                    f"{row['parent_sae']} -> {row['child_sae']}",
+                    f"{row['parent_sae'].split('/', 1)[1]} -> {row['child_sae'].split('/', 1)[1]}",
                     *(str(c) if row["scored"] else "-" for c in counts),
                     largest if row["scored"] else "not scored yet",
                 )

@@ -59,7 +59,7 @@ def render(root: dict[str, Any], n_contexts: int = 1) -> str:
         parts.append(f"max {node['max_act']:.3g}")
         parts.append(f"freq {node['frequency']:.3g}")
         if node.get("max_dec_cos") is not None:
-            parts.append(f"dec {node['max_dec_cos']:.2f}")
+            parts.append(f"max_dec_cos {node['max_dec_cos']:.2f}")
         if node.get("other_parents"):
             parts.append("also under " + ", ".join(node["other_parents"]))
         return "  ".join(parts)

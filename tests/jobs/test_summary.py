@@ -109,7 +109,7 @@ def test_summary_in_status_and_before_a_pair_is_scored(pipeline: Pipeline, tmp_p
         and levels[0]["split"] == brute_force(pipeline, 0.6)[("P/1", "P/2")]["split"]
     )
     text = run_cli("status", "--summary", "--threshold", "0.9", env=pipeline.env()).stdout
-    assert "P/1 -> P/2" in text and "threshold 0.9" in text
+    assert "1 -> 2" in text and "threshold 0.9" in text
     bad = run_cli("status", "--summary", "--threshold", "-1", env=pipeline.env(), check=False)
     assert bad.returncode != 0 and "--threshold -1" in bad.stderr
 
