@@ -420,17 +420,38 @@ def ingest_cmd(
     device: Annotated[
         DeviceChoice | None, typer.Option("--device", help="Where to encode (with --sae).")
     ] = None,
+    release: Annotated[
+        str | None,
+        typer.Option(
+            "--release",
+            help="A SAELens pretrained release (e.g. gemma-scope-2b-pt-res), or a Hugging Face"
+            " repository OWNER/NAME; with --sae-id.",
+        ),
+    ] = None,
+    sae_id: Annotated[
+        str | None, typer.Option("--sae-id", help="The sae in the release (with --release).")
+    ] = None,
 ) -> None:
-    """Add an sae from activations, or from a checkpoint that encodes the family's model
-    inputs, and plan the jobs for its new neighbour pairs."""
+    """Add an sae from activations, or from a checkpoint (a folder, or a pretrained release
+    read from the local Hugging Face cache) that encodes the family's model inputs, and plan
+    the jobs for its new neighbour pairs."""
     from service import ingest
 
     config = settings.get()
     if device is not None:
         config = config.model_copy(update={"device": device.value})
-    if (activations is None) == (sae is None):
-        raise errors.BadInput("ingest: expected exactly one of --activations FILE or --sae DIR")
-    if sae is not None:
+    if (release is None) != (sae_id is None):
+        raise errors.BadInput("ingest: --release and --sae-id go together")
+    if sum(x is not None for x in (activations, sae, release)) != 1:
+        raise errors.BadInput(
+            "ingest: expected exactly one of --activations FILE, --sae DIR or --release R"
+            " --sae-id ID"
+        )
+    if release is not None and sae_id is not None:
+        if d_sae is not None:
+            raise errors.BadInput("--d-sae: the checkpoint says how many latents it has")
+        added = ingest.ingest_release(_engine(), config, family, release, sae_id, name)
+    elif sae is not None:
         if d_sae is not None:
             raise errors.BadInput("--d-sae: the checkpoint says how many latents it has")
         added = ingest.ingest_checkpoint(_engine(), config, family, sae, name)

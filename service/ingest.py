@@ -25,7 +25,7 @@ from service.compute import encode as encode_
 from service.compute import scores
 from service.compute import stats as stats_
 from service.db import queries, saes
-from service.sources import activations, checkpoints, store
+from service.sources import activations, checkpoints, releases, store
 
 log = logging.getLogger(__name__)
 
@@ -194,16 +194,40 @@ def ingest_activations(
     return added
 
 
+def ingest_release(
+    engine: Engine,
+    config: settings.Settings,
+    family: str,
+    release: str,
+    sae_id: str,
+    name: str | None = None,
+) -> Ingested:
+    """Add an sae of a pretrained release (SAELens's directory), read from the local Hugging
+    Face cache; its Neuronpedia id becomes the sae's link."""
+    _check_name(engine, family, name, None)
+    found = releases.resolve(release, sae_id, releases.directory_file(config.releases))
+    folder = releases.fetch(found)
+    extra: dict[str, Any] = {"release": release, "sae_id": sae_id, "repo_id": found.repo_id}
+    if found.neuronpedia_id:
+        extra["neuronpedia_id"] = found.neuronpedia_id
+    return ingest_checkpoint(
+        engine, config, family, folder, name, releases.load(found, folder), extra
+    )
+
+
 def ingest_checkpoint(
     engine: Engine,
     config: settings.Settings,
     family: str,
     folder: Path,
     name: str | None = None,
+    encoder: encode_.Encoder | None = None,
+    source: dict[str, Any] | None = None,
 ) -> Ingested:
-    """Add an sae to `family` from a checkpoint, encoding the family's stored model inputs."""
+    """Add an sae to `family` from a checkpoint (read from `folder` unless `encoder` is given),
+    encoding the family's stored model inputs; `source` adds to what its row records."""
     _check_name(engine, family, name, None)
-    encoder = checkpoints.load(folder)
+    encoder = encoder or checkpoints.load(folder)
     check_width(config, str(folder), encoder.d_sae)
     with engine.connect() as conn:
         family_row = saes.family_row(conn, family)
@@ -246,6 +270,7 @@ def ingest_checkpoint(
         "fvu": round(quality.fvu, 6),
         "l0": round(quality.l0, 3),
         "encode_seconds": round(seconds, 3),
+        **(source or {}),
     }
     return _commit(
         engine, config, family, name, str(folder), family_row.token_fingerprint, meta, staged

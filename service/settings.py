@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a query of the API, an export or the reader role may run.",
     )
+    releases: Path | None = Field(
+        default=None,
+        description="A directory of pretrained saes in the shape of SAELens's"
+        " pretrained_saes.yaml, for `ingest --release`; default: the installed SAELens's.",
+    )
     api_max_nodes: int = Field(
         default=1000,
         ge=1,

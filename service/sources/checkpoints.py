@@ -48,7 +48,7 @@ def load(folder: Path) -> Encoder:
             except Exception as exc:  # a damaged file is one line naming the folder
                 text = " ".join(str(exc).split())[:160] or type(exc).__name__
                 raise errors.BadInput(f"{folder}: unreadable checkpoint ({text})") from None
-            _check(folder, encoder)
+            check(folder, encoder)
             return encoder
     nested = sorted(p.name for p in folder.iterdir() if (p / "cfg.json").is_file())
     if nested:
@@ -202,7 +202,7 @@ def _json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check(folder: Path, enc: Encoder) -> None:
+def check(folder: Path, enc: Encoder) -> None:
     """Shapes agree and every weight is finite."""
     d_in, d_sae = enc.d_in, enc.d_sae
     expected = {
