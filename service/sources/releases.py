@@ -6,14 +6,16 @@ The directory (SAELens's `pretrained_saes.yaml`, read from the installed `sae_le
 without importing it, or any file of its shape named by `LATENT_TREES_RELEASES`) gives each
 release's repository and loader, and each sae's path in it and Neuronpedia id. Loaders read:
 SAELens's format (`cfg.json` + `sae_weights.safetensors`), Gemma Scope (`params.npz`: JumpReLU
-with `W_enc`, `W_dec`, `b_enc`, `b_dec`, `threshold`) and dictionary_learning (`config.json` +
-`ae.pt`). A repository that is not in the directory (e.g. a sparsify release) is read as
-REPO with the sae's folder as its id.
+with `W_enc`, `W_dec`, `b_enc`, `b_dec`, `threshold`), Llama Scope (`hyperparams.json` +
+`checkpoints/final.safetensors`, with its norm scaling factor) and dictionary_learning
+(`config.json` + `ae.pt`). A repository that is not in the directory (e.g. a sparsify release)
+is read as REPO with the sae's folder as its id.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +25,11 @@ import numpy as np
 import torch
 
 from service import errors
-from service.compute.encode import Architecture, Encoder
+from service.compute.encode import Architecture, Encoder, Normalisation
 from service.sources import checkpoints
 
 # Loaders of SAELens's directory (`conversion_func`) read here; None is SAELens's own format.
-LOADERS = (None, "gemma_2", "dictionary_learning_1")
+LOADERS = (None, "gemma_2", "llama_scope", "dictionary_learning_1")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Release:
     path: str  # the sae's folder in the repository
     loader: str | None
     neuronpedia_id: str | None
+    norm_scaling_factor: float | None = None  # Llama Scope: what inputs are multiplied by
 
 
 def directory_file(configured: Path | None) -> Path:
@@ -77,7 +80,7 @@ def resolve(release: str, sae_id: str, directory: Path) -> Release:
     if loader not in LOADERS:
         raise errors.BadInput(
             f"release {release!r}: its loader {loader!r} is not supported (supported: SAELens"
-            " format, gemma_2 (Gemma Scope), dictionary_learning_1)"
+            " format, gemma_2 (Gemma Scope), llama_scope, dictionary_learning_1)"
         )
     for sae in entry.get("saes") or []:
         if sae.get("id") == sae_id:
@@ -88,6 +91,7 @@ def resolve(release: str, sae_id: str, directory: Path) -> Release:
                 str(sae.get("path") or sae_id),
                 loader,
                 sae.get("neuronpedia"),
+                sae.get("norm_scaling_factor"),
             )
     known = [str(s.get("id")) for s in entry.get("saes") or []]
     raise errors.BadInput(
@@ -132,6 +136,8 @@ def load(found: Release, folder: Path) -> Encoder:
     """The encoder of the sae in `folder`, read as its release's loader says."""
     if found.loader == "gemma_2":
         return _gemma_scope(folder)
+    if found.loader == "llama_scope":
+        return _llama_scope(folder, found.norm_scaling_factor)
     return checkpoints.load(folder)
 
 
@@ -160,5 +166,48 @@ def _gemma_scope(folder: Path) -> Encoder:
         threshold=w["threshold"],
         metadata={"format": "gemma_scope", "architecture": "jumprelu"},
     )
+    checkpoints.check(folder, encoder)
+    return encoder
+
+
+def _llama_scope(folder: Path, norm_scaling_factor: float | None) -> Encoder:
+    """Llama Scope (`hyperparams.json` + `checkpoints/final.safetensors`) as SAELens loads it:
+    JumpReLU on inputs multiplied by the release's norm scaling factor f, pre = x f @ W_enc +
+    b_enc (no decoder bias taken from the input), one threshold for every latent: the
+    checkpoint's `jump_relu_threshold` times sqrt(d_model) / its dataset's average input norm."""
+    from safetensors.torch import load_file
+
+    cfg_path, weights = folder / "hyperparams.json", folder / "checkpoints" / "final.safetensors"
+    if not cfg_path.is_file() or not weights.is_file():
+        raise errors.BadInput(
+            f"{folder}: expected Llama Scope's hyperparams.json and checkpoints/final.safetensors"
+        )
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        d_in, d_sae = int(cfg["d_model"]), int(cfg["d_sae"])
+        factor = d_in**0.5 / float(cfg["dataset_average_activation_norm"]["in"])
+        threshold = float(cfg["jump_relu_threshold"]) * factor
+        w = {k: v.to(torch.float32) for k, v in load_file(str(weights)).items()}
+        encoder = Encoder(
+            Architecture.jumprelu,
+            w["encoder.weight"].T.contiguous(),
+            w["encoder.bias"],
+            w["decoder.weight"].T.contiguous(),
+            w["decoder.bias"],
+            torch.zeros(d_in),
+            threshold=torch.full((d_sae,), threshold),
+            normalisation=Normalisation.scale,
+            input_scale=float(norm_scaling_factor) if norm_scaling_factor else factor,
+            metadata={
+                "format": "llama_scope",
+                "architecture": "jumprelu",
+                "hook": cfg.get("hook_point_in"),
+            },
+        )
+    except errors.ServiceError:
+        raise
+    except Exception as exc:
+        text = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise errors.BadInput(f"{folder}: unreadable Llama Scope checkpoint ({text})") from None
     checkpoints.check(folder, encoder)
     return encoder

@@ -4,10 +4,14 @@ snapshots/<commit>/...), encodes checked against each format's own definition.""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from service import families
 from service.sources import releases
@@ -30,8 +34,8 @@ test-saelens:
   saes:
   - id: blocks.3.hook_resid_post
     path: blocks.3.hook_resid_post
-test-llama-scope:
-  conversion_func: llama_scope
+test-other-loader:
+  conversion_func: goodfire
   repo_id: fnlp/test
   saes:
   - id: l3r
@@ -129,8 +133,8 @@ def test_saelens_release_and_a_repository_read_as_is(
         (["--release", "nope", "--sae-id", "x"], "release 'nope': not in the directory"),
         (["--release", "test-gemma-scope", "--sae-id", "layer_9"], "no sae 'layer_9'"),
         (
-            ["--release", "test-llama-scope", "--sae-id", "l3r"],
-            "its loader 'llama_scope' is not supported",
+            ["--release", "test-other-loader", "--sae-id", "l3r"],
+            "its loader 'goodfire' is not supported",
         ),
         (["--release", "test-saelens"], "--release and --sae-id go together"),
     ],
@@ -153,3 +157,73 @@ def test_saelens_directory_resolves_gemma_scope() -> None:
         "layer_12/width_16k/average_l0_82",
         "gemma_2",
     )
+
+
+LLAMA_SCOPE = (
+    "llama_scope_lxr_8x",
+    "l0r_8x",
+    "fnlp/Llama3_1-8B-Base-LXR-8x",
+    "Llama3_1-8B-Base-L0R-8x",
+)
+REFERENCE = """
+import sys, numpy as np, torch
+from sae_lens import SAE
+sae = SAE.from_pretrained(sys.argv[1], sys.argv[2], device="cpu", dtype="float32")
+x = torch.from_numpy(np.load(sys.argv[3])["inputs"]).float()
+np.save(sys.argv[4], sae.encode(x).detach().numpy())
+"""
+
+
+def test_llama_scope_release_encodes_as_saelens_loads_it(
+    pipeline: Pipeline, tmp_path: Path, hub: dict[str, str]
+) -> None:
+    from safetensors.torch import save_file
+
+    release, sae_id, repo_id, path = LLAMA_SCOPE
+    folder = snapshot(Path(hub["HF_HUB_CACHE"]), repo_id) / path
+    (folder / "checkpoints").mkdir(parents=True)
+    gen = torch.Generator().manual_seed(3)
+    d_sae, avg_norm = 32, 0.07
+    (folder / "hyperparams.json").write_text(
+        json.dumps(
+            {
+                "d_model": D_IN,
+                "d_sae": d_sae,
+                "jump_relu_threshold": 0.05,
+                "dataset_average_activation_norm": {"in": avg_norm, "out": avg_norm},
+                "hook_point_in": "blocks.0.hook_resid_post",
+                "hook_point_out": "blocks.0.hook_resid_post",
+                "norm_activation": "dataset-wise",
+                "act_fn": "jumprelu",
+            }
+        )
+    )
+    save_file(
+        {
+            "encoder.weight": torch.randn(d_sae, D_IN, generator=gen) * 0.05,
+            "encoder.bias": torch.randn(d_sae, generator=gen) * 0.1,
+            "decoder.weight": torch.randn(D_IN, d_sae, generator=gen),
+            "decoder.bias": torch.randn(D_IN, generator=gen) * 0.1,
+        },
+        str(folder / "checkpoints" / "final.safetensors"),
+    )
+    inputs = _inputs(tmp_path)
+    families.create_from_inputs(pipeline.engine, pipeline.config, "L", inputs, "float32")
+    env = {k: v for k, v in pipeline.env(**hub).items() if k != "LATENT_TREES_RELEASES"}
+    run_cli("ingest", "L", "--release", release, "--sae-id", sae_id, env=env)
+    # The reference: SAELens loading the same files from the same cache, offline.
+    out = tmp_path / "reference.npy"
+    subprocess.run(
+        [sys.executable, "-c", REFERENCE, release, sae_id, str(inputs), str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    acts = np.load(out).astype(np.float64)
+    assert 0 < (acts > 0).mean() < 0.9  # some latents fire, not all
+    rows = pipeline.sql("SELECT idx, max_act, n_active FROM latent ORDER BY idx")
+    assert [r.n_active for r in rows] == list((acts > 0).sum(axis=0))
+    np.testing.assert_allclose([r.max_act for r in rows], acts.max(axis=0), rtol=1e-4)
+    source = pipeline.sql("SELECT source FROM sae")[0][0]
+    assert source["format"] == "llama_scope"
+    assert source["neuronpedia_id"] == "llama3.1-8b/0-llamascope-res-32k"
