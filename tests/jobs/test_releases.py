@@ -227,3 +227,38 @@ def test_llama_scope_release_encodes_as_saelens_loads_it(
     source = pipeline.sql("SELECT source FROM sae")[0][0]
     assert source["format"] == "llama_scope"
     assert source["neuronpedia_id"] == "llama3.1-8b/0-llamascope-res-32k"
+
+
+def test_sparsify_and_dictionary_learning_releases_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    from tests.unit import test_checkpoints as unit
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    directory = tmp_path / "directory.yaml"
+    directory.write_text(
+        "test-dl:\n  conversion_func: dictionary_learning_1\n  repo_id: someone/dl-test\n"
+        "  saes:\n  - id: resid_3/trainer_0\n    path: resid_3/trainer_0\n"
+    )
+    # A sparsify release: a repository not in the directory, read as is.
+    coder = SparseCoder(unit.D_IN, SparseCoderConfig(num_latents=unit.D_SAE, k=6))
+    unit._randomize(coder, seed=4)
+    coder.save_to_disk(snapshot(cache, "EleutherAI/sae-test") / "layers.3")
+    found = releases.resolve("EleutherAI/sae-test", "layers.3", directory)
+    encoder = releases.load(found, releases.fetch(found))
+    x = unit._inputs(5)
+    with torch.no_grad():
+        out = coder.encode(x)
+    theirs = torch.zeros(len(x), unit.D_SAE).scatter_(-1, out.top_indices, out.top_acts)
+    unit._close(encoder.encode(x), theirs)
+    # A dictionary_learning release of the directory.
+    state = unit._dl_checkpoint(
+        snapshot(cache, "someone/dl-test") / "resid_3/trainer_0", "AutoEncoderTopK"
+    )
+    found = releases.resolve("test-dl", "resid_3/trainer_0", directory)
+    encoder = releases.load(found, releases.fetch(found))
+    unit._close(encoder.encode(x), unit._dl_reference("AutoEncoderTopK", state, x))
