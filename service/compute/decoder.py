@@ -35,9 +35,13 @@ class Cosines:
     """The decoder cosines a job stores."""
 
     of_edges: Float[np.ndarray, " n_edges"]  # dec_cos of each listed pair
-    max_dec_cos: Float[np.ndarray, " d_child"]
     top_parent: Int[np.ndarray, "d_child top"]  # each child's best parents by dec_cos
-    top_cos: Float[np.ndarray, "d_child top"]
+    top_cos: Float[np.ndarray, "d_child top"]  # and their cosines, best first
+
+    @property
+    def max_dec_cos(self) -> Float[np.ndarray, " d_child"]:
+        """Each child's largest cosine to any parent."""
+        return self.top_cos[:, 0]
 
 
 def cosines(
@@ -50,13 +54,13 @@ def cosines(
     block_bytes: int = BLOCK_BYTES,
 ) -> Cosines:
     """Decoder cosines between unit rows `parent` and `child`: of the listed pairs, each child's
-    maximum and its `top` best parents (ties: the lower parent index)."""
+    maximum and its `top` best parents (ties: the lower parent index; at least the best one,
+    which gives the maximum)."""
     d_parent, d_child = len(parent), len(child)
-    top = min(top, d_parent)
+    top = min(max(top, 1), d_parent)
     p = torch.from_numpy(np.ascontiguousarray(parent)).to(device)
     rows = max(1, block_bytes // (4 * max(d_parent, 1)))
     of_edges = np.zeros(len(edge_child), np.float32)
-    max_dec_cos = np.zeros(d_child, np.float32)
     top_parent = np.zeros((d_child, top), np.int64)
     top_cos = np.zeros((d_child, top), np.float32)
     order = np.argsort(edge_child, kind="stable")
@@ -70,13 +74,12 @@ def cosines(
         index, values = _ties_to_lower_index(values, index)
         top_parent[lo:hi] = index.cpu().numpy()
         top_cos[lo:hi] = values.cpu().numpy()
-        max_dec_cos[lo:hi] = values[:, 0].cpu().numpy()
         mine = order[bounds[i] : bounds[i + 1]]
         if len(mine):
             at_c = torch.from_numpy(edge_child[mine] - lo).to(device)
             at_p = torch.from_numpy(edge_parent[mine]).to(device)
             of_edges[mine] = block[at_c.long(), at_p.long()].cpu().numpy()
-    return Cosines(of_edges, max_dec_cos, top_parent, top_cos)
+    return Cosines(of_edges, top_parent, top_cos)
 
 
 def _ties_to_lower_index(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
@@ -112,11 +115,14 @@ def extend(
     every edge's dec_cos and each child's max_dec_cos."""
     edges = result.edges
     found = cosines(parent_rows, child_rows, edges.parent.numpy(), edges.child.numpy(), top, device)
-    d_child = len(child_rows)
-    best_parent = found.top_parent.reshape(-1)
-    best_child = np.repeat(np.arange(d_child, dtype=np.int64), found.top_parent.shape[1])
-    stored = edges.parent.numpy().astype(np.int64) * d_child + edges.child.numpy()
-    new = ~np.isin(best_parent * d_child + best_child, stored)
+    d_child, top = len(child_rows), min(top, found.top_parent.shape[1])
+    best_parent = found.top_parent[:, :top].reshape(-1)
+    best_child = np.repeat(np.arange(d_child, dtype=np.int64), top)
+
+    def keys(parent: np.ndarray, child: np.ndarray) -> np.ndarray:
+        return parent.astype(np.int64) * d_child + child
+
+    new = ~np.isin(keys(best_parent, best_child), keys(edges.parent.numpy(), edges.child.numpy()))
     extra = engine.score_listed(
         parent,
         child,
@@ -126,11 +132,11 @@ def extend(
         result.child_stats,
         chunk_tokens,
     )
-    extra_cos = np.einsum(
-        "ij,ij->i",
-        parent_rows[extra.parent.numpy()].astype(np.float64),
-        child_rows[extra.child.numpy()].astype(np.float64),
-    ).astype(np.float32)
+    # Their cosines, from the same matmul: of the new pairs, those that co-activate (in order).
+    kept = np.isin(
+        keys(best_parent[new], best_child[new]), keys(extra.parent.numpy(), extra.child.numpy())
+    )
+    extra_cos = found.top_cos[:, :top].reshape(-1)[new][kept]
     return WithCosines(
         scores.Edges.concat([edges, extra]),
         np.concatenate([found.of_edges, extra_cos]),

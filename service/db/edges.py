@@ -18,7 +18,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from service.db import copy
+from service.db import copy, tables
 
 COLUMNS = (
     ("parent_id", "int4"),
@@ -60,9 +60,10 @@ def publish(conn: Connection, job_id: int, columns: Mapping[str, np.ndarray]) ->
         freeze=True,
         rows_per_write=ROWS_PER_WRITE,
     )
-    # The partitioned indexes' definitions (tables.Edge), so that ATTACH adopts these two.
-    for column in ("parent_id", "child_id"):
-        conn.exec_driver_sql(f"CREATE INDEX {name}_{column} ON {name} ({column})")
+    # The partitioned indexes' definitions (tables.Edge), so that ATTACH adopts them.
+    for index in tables.Base.metadata.tables["edge"].indexes:
+        keys = [column.name for column in index.columns]
+        conn.exec_driver_sql(f"CREATE INDEX {name}_{'_'.join(keys)} ON {name} ({', '.join(keys)})")
     # A valid CHECK that implies the partition bound spares ATTACH its own scan under the lock.
     conn.exec_driver_sql(f"ALTER TABLE {name} ADD CONSTRAINT {name}_job CHECK (job_id = {job_id})")
     conn.exec_driver_sql(f"ALTER TABLE edge ATTACH PARTITION {name} FOR VALUES IN ({job_id})")

@@ -160,11 +160,7 @@ def family_summary(
     """Per pair of neighbouring levels of `family`: latents that split, merge, persist, are new,
     vanish, and the largest splits (service/db/views/06_family_summary.sql); UnknownFamily if
     there is no such family."""
-    family_row = conn.execute(
-        sa.select(tables.Family.id).where(tables.Family.name == family)
-    ).first()
-    if family_row is None:
-        raise errors.UnknownFamily(f"unknown family {family!r}")
+    family_id(conn, family)  # UnknownFamily before an empty summary
     rows = conn.execute(
         sa.text(
             "SELECT * FROM family_summary(CAST(:family AS text), CAST(:threshold AS real),"
