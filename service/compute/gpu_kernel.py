@@ -2,7 +2,7 @@
 
 Each program takes a few entries (row, token, a) of the block's parent latents (latent-major)
 and, for each, the child entries of that token (token-major) as one vector of lanes: it adds
-a*b, a^2, b^2 and 1 into the block's dense rows [rows, d_child] (float64 and int32 atomics), and
+a*b, a^2, b^2 and 1 into the block's dense rows [rows, d_child] (float64 atomics), and
 the lane whose add found the count at 0 appends the pair's key to the touched list (one atomic
 on a counter per vector, a prefix sum within it). Only touched pairs are then scored and reset
 (torch, on the device): no pass over pairs that never co-activate.
@@ -19,6 +19,7 @@ tensors: that is how CI tests it against the float64 reference.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -29,8 +30,21 @@ try:
 except ImportError:  # pragma: no cover - a torch without Triton: the torch path serves
     triton = None
 
-BLOCK_C = 64  # child entries per vector (L0 up to 64 in one step, more in several)
-ENTRIES = 8  # parent entries per program
+
+@dataclass(frozen=True)
+class Config:
+    """How the kernel is launched and where the four sums of a pair lie.
+
+    `interleaved`: a pair's four sums are adjacent (32 bytes, one memory sector), so the four
+    atomics of a co-activation touch one sector; otherwise each sum has its own array."""
+
+    block_c: int = 64  # child entries per vector (L0 up to block_c in one step, more in several)
+    entries: int = 8  # parent entries per program
+    num_warps: int = 2
+    interleaved: bool = True
+
+
+DEFAULT = Config()
 
 
 def available() -> bool:
@@ -50,10 +64,9 @@ if triton is not None:
         c_indptr,
         c_indices,
         c_values,
-        ab,
-        aa,
-        bb,
-        n,
+        sums,
+        s_pair,
+        s_part,
         touched,
         counter,
         n_entries,
@@ -77,11 +90,12 @@ if triton is not None:
                     c = tl.load(c_indices + offs, mask=m, other=0).to(tl.int64)
                     b = tl.load(c_values + offs, mask=m, other=0.0).to(tl.float64)
                     key = r * d_child + c
-                    old = tl.atomic_add(n + key, 1, mask=m)
-                    tl.atomic_add(ab + key, a * b, mask=m)
-                    tl.atomic_add(aa + key, a * a, mask=m)
-                    tl.atomic_add(bb + key, b * b, mask=m)
-                    first = (m & (old == 0)).to(tl.int32)
+                    at = sums + key * s_pair
+                    old = tl.atomic_add(at + 3 * s_part, 1.0, mask=m)  # n: old 0 = first touch
+                    tl.atomic_add(at, a * b, mask=m)
+                    tl.atomic_add(at + s_part, a * a, mask=m)
+                    tl.atomic_add(at + 2 * s_part, b * b, mask=m)
+                    first = (m & (old == 0.0)).to(tl.int32)
                     n_first = tl.sum(first, axis=0)
                     if n_first > 0:
                         base = tl.atomic_add(counter, n_first)
@@ -90,16 +104,20 @@ if triton is not None:
 
 
 class Rows:
-    """Dense sums of a block's rows against every child latent on the device, reused across
-    blocks (only touched entries are reset)."""
+    """Dense sums (ab, aa, bb, n, float64) of a block's rows against every child latent on the
+    device, reused across blocks (only touched entries are reset)."""
 
-    def __init__(self, n_rows: int, d_child: int, device: torch.device) -> None:
+    def __init__(
+        self, n_rows: int, d_child: int, device: torch.device, config: Config | None = None
+    ) -> None:
         size = n_rows * d_child
         self.d_child = d_child
-        self.ab = torch.zeros(size, dtype=torch.float64, device=device)
-        self.aa = torch.zeros(size, dtype=torch.float64, device=device)
-        self.bb = torch.zeros(size, dtype=torch.float64, device=device)
-        self.n = torch.zeros(size, dtype=torch.int32, device=device)
+        self.config = config = config or DEFAULT
+        # [4, size] in either layout: sums[k, key] is part k of pair key.
+        if config.interleaved:
+            self.sums = torch.zeros(size, 4, dtype=torch.float64, device=device).T
+        else:
+            self.sums = torch.zeros(4, size, dtype=torch.float64, device=device)
         self.counter = torch.zeros(1, dtype=torch.int32, device=device)
         self.touched = torch.empty(0, dtype=torch.int64, device=device)
 
@@ -130,7 +148,8 @@ class Rows:
             output_size=n_entries,
         )
         self.counter.zero_()
-        grid = (triton.cdiv(n_entries, ENTRIES),)
+        cfg = self.config
+        grid = (triton.cdiv(n_entries, cfg.entries),)
         _accumulate[grid](
             row_of,
             p_tokens,
@@ -138,21 +157,18 @@ class Rows:
             c_indptr,
             c_indices,
             c_values,
-            self.ab,
-            self.aa,
-            self.bb,
-            self.n,
+            self.sums,
+            self.sums.stride(1),
+            self.sums.stride(0),
             self.touched,
             self.counter,
             n_entries,
             self.d_child,
-            BLOCK_C=BLOCK_C,
-            ENTRIES=ENTRIES,
+            BLOCK_C=cfg.block_c,
+            ENTRIES=cfg.entries,
+            num_warps=cfg.num_warps,
         )
         keys = self.touched[: int(self.counter.item())]
-        sums = torch.stack(
-            [self.ab[keys], self.aa[keys], self.bb[keys], self.n[keys].to(torch.float64)]
-        )
-        for acc in (self.ab, self.aa, self.bb, self.n):
-            acc[keys] = 0
+        sums = self.sums[:, keys]
+        self.sums[:, keys] = 0
         return keys // self.d_child, keys % self.d_child, sums
