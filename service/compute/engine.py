@@ -15,6 +15,7 @@ device, the fallback).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +53,25 @@ class PairResult:
     blocks: list[tuple[int, int]]
     seconds: float
     backend: str
+    phases: dict[str, float]  # seconds per phase (`Clock`)
+
+
+class Clock:
+    """Seconds spent per phase of a job, the device synchronised at each phase's end."""
+
+    def __init__(self, dev: torch.device) -> None:
+        self.dev = dev
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.dev.type == "cuda":
+                torch.cuda.synchronize(self.dev)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def score_listed(
@@ -136,12 +156,16 @@ def score_pair(
     kind = resolve_backend(backend, dev)
     budget = memory_budget if memory_budget is not None else default_budget(dev)
     started = time.perf_counter()
-    if parent_stats is None:
-        parent_stats = stats_.latent_stats(parent, device=str(dev), chunk_tokens=chunk_tokens)
-    if child_stats is None:
-        child_stats = stats_.latent_stats(child, device=str(dev), chunk_tokens=chunk_tokens)
-    parent_rows = layout.token_major(parent, chunk_tokens)
-    child_rows = layout.token_major(child, chunk_tokens)
+    clock = Clock(dev)
+    with clock.phase("statistics"):
+        if parent_stats is None:
+            parent_stats = stats_.latent_stats(parent, device=str(dev), chunk_tokens=chunk_tokens)
+        if child_stats is None:
+            child_stats = stats_.latent_stats(child, device=str(dev), chunk_tokens=chunk_tokens)
+    with clock.phase("layout"):
+        parent_rows = layout.token_major(parent, chunk_tokens)
+        child_rows = layout.token_major(child, chunk_tokens)
+        parent_nnz = layout.block_nnz(parent_rows)
 
     max_entries = max_block_entries or max(1, budget // (4 * _BYTES_PER_BLOCK_ENTRY))
     rows_cap = max_block_rows
@@ -150,14 +174,26 @@ def score_pair(
         if dense_rows < 1:
             raise ValueError(f"memory budget of {budget} bytes is too small for one row")
         rows_cap = min(rows_cap or dense_rows, dense_rows)
-    blocks = layout.plan_blocks(layout.block_nnz(parent_rows), max_entries, rows_cap)
+    blocks = layout.plan_blocks(parent_nnz, max_entries, rows_cap)
 
     run = {"numba": _numba_blocks, "torch": _torch_blocks, "triton": _triton_blocks}[kind]
     found: list[scores_.Edges] = []
     tops: list[torch.Tensor] = []
     n_coactivations = n_pairs = 0
     for i, (cands, parent_top, coacts, pairs) in enumerate(
-        run(Work(parent_rows, child_rows, blocks, parent_stats, child_stats, params, dev, budget))
+        run(
+            Work(
+                parent_rows,
+                child_rows,
+                blocks,
+                parent_stats,
+                child_stats,
+                params,
+                dev,
+                budget,
+                clock,
+            )
+        )
     ):
         found.append(cands)
         tops.append(parent_top)
@@ -165,10 +201,9 @@ def score_pair(
         n_pairs += pairs
         if on_block is not None:
             on_block(i + 1, len(blocks))
-    top = tops[0] if len(tops) == 1 else torch.cat(tops)
-    edges = scores_.finalize(scores_.Edges.concat(found), params, top)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+    with clock.phase("finalize"):
+        top = tops[0] if len(tops) == 1 else torch.cat(tops)
+        edges = scores_.finalize(scores_.Edges.concat(found), params, top)
     return PairResult(
         edges,
         parent_stats,
@@ -178,6 +213,7 @@ def score_pair(
         blocks,
         time.perf_counter() - started,
         kind,
+        clock.seconds,
     )
 
 
@@ -198,6 +234,7 @@ class Work:
     params: scores_.EdgeParams
     dev: torch.device
     budget: int
+    clock: Clock
 
 
 def _numba_blocks(w: Work) -> BlockResults:
@@ -207,8 +244,12 @@ def _numba_blocks(w: Work) -> BlockResults:
     p_sum_sq, p_max = w.parent_stats.sum_sq.numpy(), w.parent_stats.max_act.numpy()
     c_sum_sq, c_max = w.child_stats.sum_sq.numpy(), w.child_stats.max_act.numpy()
     for lo, hi in w.blocks:
-        block = layout.latent_major(w.parent, lo, hi)
-        with numba.parallel_chunksize(8):  # rows differ in cost: hand them out dynamically
+        with w.clock.phase("gather"):
+            block = layout.latent_major(w.parent, lo, hi)
+        with (
+            w.clock.phase("sums"),
+            numba.parallel_chunksize(8),
+        ):  # rows differ in cost: hand them out dynamically
             found = cpu_kernel.score_block(
                 block,
                 w.child,
@@ -231,25 +272,37 @@ def _device_blocks(
 ) -> BlockResults:
     """The torch and Triton paths: both saes on the device, the parent made latent-major
     there once (one sort), then each block's touched pairs scored and filtered there."""
-    c_indptr, c_indices, c_values = layout.as_tensors(w.child, w.dev)
-    per_token = c_indptr.diff()
-    p_indptr, p_tokens, p_values = layout.latent_major_on(w.parent, w.dev)
+    with w.clock.phase("to device"):
+        c_indptr, c_indices, c_values = layout.as_tensors(w.child, w.dev)
+        per_token = c_indptr.diff()
+        p_indptr, p_tokens, p_values = layout.latent_major_on(w.parent, w.dev)
+        p_stats, c_stats = (_on(w.parent_stats, w.dev), _on(w.child_stats, w.dev))
     for lo, hi in w.blocks:
-        first, last = int(p_indptr[lo]), int(p_indptr[hi])
-        tokens = p_tokens[first:last]
-        coacts = int(per_token[tokens.long()].sum())
-        r, c, sums = sums_of(
-            p_indptr[lo : hi + 1] - first,
-            tokens,
-            p_values[first:last],
-            c_indptr,
-            c_indices,
-            c_values,
-            coacts,
-        )
-        scored = scores_.Edges.from_sums(r + lo, c, sums, w.parent_stats, w.child_stats)
-        cands, parent_top = scores_.candidates(scored, w.params)
-        yield cands.cpu(), parent_top.cpu(), coacts, len(scored)
+        with w.clock.phase("sums"):
+            first, last = int(p_indptr[lo]), int(p_indptr[hi])
+            tokens = p_tokens[first:last]
+            coacts = int(per_token[tokens.long()].sum())
+            r, c, sums = sums_of(
+                p_indptr[lo : hi + 1] - first,
+                tokens,
+                p_values[first:last],
+                c_indptr,
+                c_indices,
+                c_values,
+                coacts,
+            )
+        with w.clock.phase("candidates"):
+            scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
+            cands, parent_top = scores_.candidates(scored, w.params)
+            cands, parent_top = cands.cpu(), parent_top.cpu()
+        yield cands, parent_top, coacts, len(scored)
+
+
+def _on(s: stats_.LatentStats, dev: torch.device) -> stats_.LatentStats:
+    """The statistics that scoring reads, moved to `dev` once per job (float64)."""
+    return stats_.LatentStats(
+        s.n_tokens, s.max_act.to(dev, torch.float64), s.n_active, s.sum_sq.to(dev, torch.float64)
+    )
 
 
 def _torch_blocks(w: Work) -> BlockResults:

@@ -54,3 +54,36 @@ def test_auto_on_cuda_is_the_triton_kernel() -> None:
     result = engine.score_pair(src, src, device="cuda", chunk_tokens=3000)
     assert result.backend == "triton" and len(result.edges) > 0
     assert torch.isfinite(result.edges.score).all()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"interleaved": False},
+        {"reduce": True, "num_warps": 4},
+        {"reduce": True, "entries": 4, "block_c": 8, "num_warps": 1},
+    ],
+)
+def test_kernel_variants_match_cpu(config: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.compute import gpu_kernel
+
+    monkeypatch.setattr(gpu_kernel, "DEFAULT", gpu_kernel.Config(**config))
+    rng = np.random.default_rng(11)
+    parent = sparse_matrix(rng, 3000, 50, 0.2)  # dense enough that pairs repeat in a tile
+    child = sparse_matrix(rng, 3000, 120, 0.1)
+    cpu = engine.score_pair(
+        chunks.DenseSource(torch.from_numpy(parent)),
+        chunks.DenseSource(torch.from_numpy(child)),
+        device="cpu",
+        backend="numba",
+    )
+    gpu = engine.score_pair(
+        chunks.DenseSource(torch.from_numpy(parent).cuda()),
+        chunks.DenseSource(torch.from_numpy(child).cuda()),
+        device="cuda",
+        backend="triton",
+        max_block_rows=9,
+    )
+    _close(as_dict(gpu.edges), as_dict(cpu.edges))
+    assert gpu.n_coactivations == cpu.n_coactivations
+    assert_matches_reference(parent, child, gpu)
