@@ -339,7 +339,8 @@ def measure(case: Case, dev: torch.device, methods: list[str], baseline_tokens: 
 
 
 # Launch variants of the GPU kernel (`tune`: all; `tune:reduce`: those that sum a tile's pairs
-# first; `tune:reduce1`: the first of those), each timed after a compile on small data and checked against the float64 reference.
+# first; `tune:reduce1`: the first of those), each timed after a compile on small data and
+# checked against the float64 reference.
 TUNE = [
     {"interleaved": True, "num_warps": 2, "entries": 8},
     {"interleaved": False, "num_warps": 2, "entries": 8},
