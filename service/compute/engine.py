@@ -178,7 +178,7 @@ def score_pair(
 
     run = {"numba": _numba_blocks, "torch": _torch_blocks, "triton": _triton_blocks}[kind]
     found: list[scores_.Edges] = []
-    tops: list[torch.Tensor] = []
+    tops: list[torch.Tensor | None] = []
     n_coactivations = n_pairs = 0
     for i, (cands, parent_top, coacts, pairs) in enumerate(
         run(
@@ -202,7 +202,8 @@ def score_pair(
         if on_block is not None:
             on_block(i + 1, len(blocks))
     with clock.phase("finalize"):
-        top = tops[0] if len(tops) == 1 else torch.cat(tops)
+        known = [t for t in tops if t is not None]
+        top = torch.cat(known) if len(known) == len(tops) else None
         edges = scores_.finalize(scores_.Edges.concat(found), params, top)
     return PairResult(
         edges,
@@ -217,9 +218,9 @@ def score_pair(
     )
 
 
-# Per block: candidate edges, which are among their parent's top children, co-activations and
-# distinct co-active pairs.
-BlockResults = Iterator[tuple[scores_.Edges, torch.Tensor, int, int]]
+# Per block: candidate edges, which are among their parent's top children (None: `finalize`
+# ranks them), co-activations and distinct co-active pairs.
+BlockResults = Iterator[tuple[scores_.Edges, torch.Tensor | None, int, int]]
 
 
 @dataclass(frozen=True)
@@ -293,9 +294,8 @@ def _device_blocks(
             )
         with w.clock.phase("candidates"):
             scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
-            cands, parent_top = scores_.candidates(scored, w.params)
-            cands, parent_top = cands.cpu(), parent_top.cpu()
-        yield cands, parent_top, coacts, len(scored)
+            cands = scores_.candidates(scored, w.params).cpu()
+        yield cands, None, coacts, len(scored)
 
 
 def _on(s: stats_.LatentStats, dev: torch.device) -> stats_.LatentStats:

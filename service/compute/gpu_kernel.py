@@ -42,10 +42,6 @@ class Config:
     entries: int = 8  # parent entries per program
     num_warps: int = 2
     interleaved: bool = True
-    # Sum a tile's co-activations of one pair before adding them (sort by key, segmented
-    # scan): a latent active on most tokens meets every parent entry, and its atomics on one
-    # address serialise; with `reduce`, a tile of `entries` tokens adds each pair once.
-    reduce: bool = False
 
 
 DEFAULT = Config()
@@ -107,102 +103,6 @@ if triton is not None:
                         tl.store(touched + slot, key, mask=first > 0)
 
 
-    @triton.jit
-    def _same_key_sum(k1, v1, k2, v2):  # type: ignore[no-untyped-def]
-        # Combine for a scan over sorted keys: the sum of the run of equal keys so far.
-        return k2, tl.where(k1 == k2, v1 + v2, v2)
-
-    @triton.jit
-    def _same_key_sum4(k1, a1, b1, c1, d1, k2, a2, b2, c2, d2):  # type: ignore[no-untyped-def]
-        same = k1 == k2
-        return (
-            k2,
-            tl.where(same, a1 + a2, a2),
-            tl.where(same, b1 + b2, b2),
-            tl.where(same, c1 + c2, c2),
-            tl.where(same, d1 + d2, d2),
-        )
-
-    @triton.jit
-    def _accumulate_reduced(  # type: ignore[no-untyped-def]
-        row_of,
-        p_tokens,
-        p_values,
-        c_indptr,
-        c_indices,
-        c_values,
-        sums,
-        s_pair,
-        s_part,
-        touched,
-        counter,
-        n_entries,
-        d_child,
-        BLOCK_C: tl.constexpr,
-        ENTRIES: tl.constexpr,
-    ):
-        # A tile of ENTRIES parent entries x BLOCK_C child lanes; its co-activations sorted by
-        # pair key, summed per run of equal keys, and each run added once (one lane per pair).
-        pid = tl.program_id(0)
-        j = pid * ENTRIES + tl.arange(0, ENTRIES)
-        jm = j < n_entries
-        r = tl.load(row_of + j, mask=jm, other=0).to(tl.int64)
-        t = tl.load(p_tokens + j, mask=jm, other=0).to(tl.int64)
-        a = tl.load(p_values + j, mask=jm, other=0.0).to(tl.float64)
-        lo = tl.load(c_indptr + t, mask=jm, other=0)
-        hi = tl.load(c_indptr + t + 1, mask=jm, other=0)
-        longest = tl.max(hi - lo, axis=0)
-        lanes = tl.arange(0, BLOCK_C)
-        none = 0x7FFFFFFFFFFFFFFF
-        for e0 in range(0, longest, BLOCK_C):
-            offs = lo[:, None] + e0 + lanes[None, :]
-            m = offs < hi[:, None]
-            c = tl.load(c_indices + offs, mask=m, other=0).to(tl.int64)
-            b = tl.load(c_values + offs, mask=m, other=0.0).to(tl.float64)
-            key = tl.where(m, r[:, None] * d_child + c, none)
-            av = a[:, None] + tl.zeros_like(b)
-            ab = tl.reshape(av * b, [ENTRIES * BLOCK_C])
-            aa = tl.reshape(av * av, [ENTRIES * BLOCK_C])
-            bb = tl.reshape(b * b, [ENTRIES * BLOCK_C])
-            one = tl.reshape(m.to(tl.float64), [ENTRIES * BLOCK_C])
-            key = tl.reshape(key, [ENTRIES * BLOCK_C])
-            # Sort the keys, carrying each element's position in the low bits.
-            pos = tl.arange(0, ENTRIES * BLOCK_C).to(tl.int64)
-            POS_BITS: tl.constexpr = 16
-            packed = tl.where(key == none, none, (key << POS_BITS) | pos)
-            packed = tl.sort(packed, dim=0)
-            skey = tl.where(packed == none, none, packed >> POS_BITS)
-            at = tl.where(packed == none, 0, packed & ((1 << POS_BITS) - 1)).to(tl.int32)
-            sab = tl.gather(ab, at, 0)
-            saa = tl.gather(aa, at, 0)
-            sbb = tl.gather(bb, at, 0)
-            sn = tl.gather(one, at, 0)
-            _, rab, raa, rbb, rn = tl.associative_scan(
-                (skey, sab, saa, sbb, sn), 0, _same_key_sum4
-            )
-            # The last element of each run holds the run's sums: counting equal keys over the
-            # keys reversed (a gather), it is the first of its run.
-            flip = ENTRIES * BLOCK_C - 1 - tl.arange(0, ENTRIES * BLOCK_C)
-            _, from_end = tl.associative_scan(
-                (tl.gather(skey, flip, 0), tl.full([ENTRIES * BLOCK_C], 1, tl.int32)),
-                0,
-                _same_key_sum,
-            )
-            left = tl.gather(from_end, flip, 0)
-            last = (left == 1) & (skey != none)
-            at_pair = sums + tl.where(last, skey, 0) * s_pair
-            old = tl.atomic_add(at_pair + 3 * s_part, rn, mask=last)
-            tl.atomic_add(at_pair, rab, mask=last)
-            tl.atomic_add(at_pair + s_part, raa, mask=last)
-            tl.atomic_add(at_pair + 2 * s_part, rbb, mask=last)
-            first = (last & (old == 0.0)).to(tl.int32)
-            n_first = tl.sum(first, axis=0)
-            if n_first > 0:
-                base = tl.atomic_add(counter, n_first)
-                slot = base + tl.cumsum(first, axis=0) - 1
-                tl.store(touched + slot, skey, mask=first > 0)
-
-
 class Rows:
     """Dense sums (ab, aa, bb, n, float64) of a block's rows against every child latent on the
     device, reused across blocks (only touched entries are reset)."""
@@ -250,8 +150,7 @@ class Rows:
         self.counter.zero_()
         cfg = self.config
         grid = (triton.cdiv(n_entries, cfg.entries),)
-        kernel = _accumulate_reduced if cfg.reduce else _accumulate
-        kernel[grid](
+        _accumulate[grid](
             row_of,
             p_tokens,
             p_values,

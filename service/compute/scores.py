@@ -169,15 +169,31 @@ def empty() -> Edges:
     return Edges.of(*(torch.zeros(0) for _ in fields(Edges)))
 
 
-def candidates(edges: Edges, params: EdgeParams) -> tuple[Edges, Tensor]:
-    """A block's candidates among its scored pairs, a superset of its stored edges (finite;
-    above the floor, or within the block's top ranks of their parent or child), and which are
-    among their parent's `top_children` (exact: a parent's pairs are all in its block)."""
-    edges = edges.select(torch.isfinite(edges.score))
-    parent_top = _rank(edges.parent, edges.score, edges.child) < params.top_children
-    keep = above_floor(edges.score, edges.mcs, params.store_floor) | parent_top
-    keep |= _rank(edges.child, edges.score, edges.parent) < params.top_parents
-    return edges.select(keep), parent_top[keep]
+def candidates(edges: Edges, params: EdgeParams) -> Edges:
+    """A block's candidates among its scored pairs, on their device: a superset of its stored
+    edges (finite; above the floor, or scoring at least the k-th best distinct score of their
+    parent or child in the block: each group's k best and their ties). No sort: k rounds of a
+    per-group maximum (`finalize` ranks the few survivors exactly)."""
+    finite = torch.isfinite(edges.score)
+    score = torch.where(finite, edges.score, -torch.inf)
+    keep = above_floor(edges.score, edges.mcs, params.store_floor)
+    keep |= score >= _kth_best(edges.parent, score, params.top_children)
+    keep |= score >= _kth_best(edges.child, score, params.top_parents)
+    return edges.select(keep & finite)
+
+
+def _kth_best(group: Tensor, score: Tensor, k: int) -> Tensor:
+    """Per pair, the k-th best distinct score of its group (-inf where the group has fewer):
+    every pair at or above it is among the group's k best or tied with them."""
+    if len(group) == 0 or k <= 0:
+        return torch.full_like(score, torch.inf)
+    g = group.long()
+    n_groups = int(g.max()) + 1
+    bound = torch.full((n_groups,), torch.inf, dtype=score.dtype, device=score.device)
+    for _ in range(k):
+        below = torch.where(score < bound[g], score, -torch.inf)
+        bound = torch.full_like(bound, -torch.inf).scatter_reduce_(0, g, below, "amax")
+    return bound[g]
 
 
 def finalize(candidates: Edges, params: EdgeParams, parent_top: Tensor | None = None) -> Edges:
@@ -207,51 +223,45 @@ def _order(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
     return order[torch.argsort(group[order], stable=True)]
 
 
-def _rank(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
-    """Each pair's rank within its group in `_order`, on the tensors' device (a GPU block's)."""
-    if len(group) == 0:
-        return torch.zeros(0, dtype=torch.int64, device=group.device)
-    order = _order(group, score, tie)
-    g = group[order]
-    new_run = torch.ones_like(g, dtype=torch.bool)
-    new_run[1:] = g[1:] != g[:-1]
-    position = torch.arange(len(g), device=g.device)
-    run_start = torch.cummax(torch.where(new_run, position, 0), 0).values
-    rank = torch.empty_like(position)
-    rank[order] = position - run_start
-    return rank
-
-
 def _top(group: Tensor, score: Tensor, tie: Tensor, k: int) -> Tensor:
     """Whether each pair is among its group's k best (score desc, then `tie` asc): one pass
     keeping each group's k best so far, one pass comparing with the k-th (CPU tensors)."""
     if len(group) == 0 or k <= 0:
         return torch.zeros(len(group), dtype=torch.bool)
     g = group.numpy()
-    return torch.from_numpy(_top_k(g, score.numpy(), tie.numpy(), int(g.max()) + 1, k))
+    return torch.from_numpy(
+        _top_k(g, score.numpy(), tie.numpy(), int(g.max()) + 1, k, numba.get_num_threads())
+    )
 
 
-@numba.njit(cache=True, nogil=True)
+_NO_TIE = np.iinfo(np.int64).max
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _top_k(
-    group: np.ndarray, score: np.ndarray, tie: np.ndarray, n_groups: int, k: int
+    group: np.ndarray, score: np.ndarray, tie: np.ndarray, n_groups: int, k: int, shards: int
 ) -> np.ndarray:
     best_s = np.full((n_groups, k), -np.inf)
-    best_t = np.full((n_groups, k), np.iinfo(np.int64).max)
-    for i in range(len(group)):
-        g, s, t = group[i], score[i], tie[i]
-        pos = k
-        while pos > 0 and (
-            s > best_s[g, pos - 1] or (s == best_s[g, pos - 1] and t < best_t[g, pos - 1])
-        ):
-            pos -= 1
-        if pos < k:
-            for q in range(k - 1, pos, -1):
-                best_s[g, q] = best_s[g, q - 1]
-                best_t[g, q] = best_t[g, q - 1]
-            best_s[g, pos] = s
-            best_t[g, pos] = t
+    best_t = np.full((n_groups, k), _NO_TIE)
+    for shard in numba.prange(shards):  # each thread keeps the groups g with g % shards == shard
+        for i in range(len(group)):
+            g = group[i]
+            if g % shards != shard:
+                continue
+            s, t = score[i], tie[i]
+            pos = k
+            while pos > 0 and (
+                s > best_s[g, pos - 1] or (s == best_s[g, pos - 1] and t < best_t[g, pos - 1])
+            ):
+                pos -= 1
+            if pos < k:
+                for q in range(k - 1, pos, -1):
+                    best_s[g, q] = best_s[g, q - 1]
+                    best_t[g, q] = best_t[g, q - 1]
+                best_s[g, pos] = s
+                best_t[g, pos] = t
     keep = np.zeros(len(group), np.bool_)
-    for i in range(len(group)):
+    for i in numba.prange(len(group)):
         g, s, t = group[i], score[i], tie[i]
         ks, kt = best_s[g, k - 1], best_t[g, k - 1]
         keep[i] = s > ks or (s == ks and t <= kt)

@@ -60,8 +60,7 @@ def test_auto_on_cuda_is_the_triton_kernel() -> None:
     "config",
     [
         {"interleaved": False},
-        {"reduce": True, "num_warps": 4},
-        {"reduce": True, "entries": 4, "block_c": 8, "num_warps": 1},
+        {"entries": 2, "block_c": 16, "num_warps": 1},
     ],
 )
 def test_kernel_variants_match_cpu(config: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,7 +68,7 @@ def test_kernel_variants_match_cpu(config: dict, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(gpu_kernel, "DEFAULT", gpu_kernel.Config(**config))
     rng = np.random.default_rng(11)
-    parent = sparse_matrix(rng, 3000, 50, 0.2)  # dense enough that pairs repeat in a tile
+    parent = sparse_matrix(rng, 3000, 50, 0.2)
     child = sparse_matrix(rng, 3000, 120, 0.1)
     cpu = engine.score_pair(
         chunks.DenseSource(torch.from_numpy(parent)),

@@ -284,13 +284,25 @@ def test_cpu_device_auto_and_unavailable_cuda() -> None:
             device.resolve("cuda")
 
 
-def test_the_top_k_rule_is_the_same_compiled_and_in_torch() -> None:
-    # Ties in score are frequent here: they go to the lowest index in both implementations.
+def test_the_top_k_rule_and_the_device_superset() -> None:
+    # Ties in score are frequent here: they go to the lowest index; the device's bound keeps
+    # every group's k best (and their ties), nothing below the k-th distinct score.
     rng = np.random.default_rng(8)
     group = torch.from_numpy(rng.integers(0, 50, 5000).astype(np.int32))
     score = torch.from_numpy(rng.integers(0, 6, 5000).astype(np.float64) / 5)
     tie = torch.from_numpy(rng.permutation(5000).astype(np.int32))
     for k in (1, 3):
         compiled = scores._top(group, score, tie, k)
-        in_torch = scores._rank(group, score, tie) < k
-        assert torch.equal(compiled, in_torch) and int(compiled.sum()) == 50 * k
+        want = torch.zeros(5000, dtype=torch.bool)
+        for g in range(50):
+            members = [i for i in range(5000) if group[i] == g]
+            members.sort(key=lambda i: (-float(score[i]), int(tie[i])))
+            want[members[:k]] = True
+        assert torch.equal(compiled, want) and int(compiled.sum()) == 50 * k
+        bound = scores._kth_best(group, score, k)
+        kept = score >= bound
+        assert bool(kept[want].all())
+        for g in range(50):
+            distinct = sorted({float(score[i]) for i in range(5000) if group[i] == g}, reverse=True)
+            kth = distinct[k - 1] if len(distinct) >= k else -np.inf
+            assert float(bound[group == g][0]) == kth
