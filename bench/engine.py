@@ -341,7 +341,7 @@ def measure(case: Case, dev: torch.device, methods: list[str], baseline_tokens: 
 # Launch variants of the GPU kernel (method `tune`), each timed after a compile on small data and
 # checked against the float64 reference. (A variant that summed a tile's co-activations per pair
 # before its atomics, by a sort and a segmented scan, was 1.1-2.4x slower on an H200:
-# bench/results/2026-11-26-h200-tune.log.)
+# bench/results/2026-11-26-h200-379df4d-tune.log.)
 TUNE = [
     {"interleaved": True, "num_warps": 2, "entries": 8},
     {"interleaved": False, "num_warps": 2, "entries": 8},
