@@ -428,6 +428,14 @@ def ingest_cmd(
             " repository OWNER/NAME; with --sae-id.",
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Encode (with --sae or --release) as Ray tasks on this cluster, one per shard"
+            " of tokens: auto, local or ray://host:port (overrides LATENT_TREES_RAY).",
+        ),
+    ] = None,
     sae_id: Annotated[
         str | None, typer.Option("--sae-id", help="The sae in the release (with --release).")
     ] = None,
@@ -440,6 +448,10 @@ def ingest_cmd(
     config = settings.get()
     if device is not None:
         config = config.model_copy(update={"device": device.value})
+    if ray is not None:
+        if activations is not None:
+            raise errors.BadInput("ingest: --ray encodes a checkpoint (--sae or --release)")
+        config = config.model_copy(update={"ray": ray})
     if (release is None) != (sae_id is None):
         raise errors.BadInput("ingest: --release and --sae-id go together")
     if sum(x is not None for x in (activations, sae, release)) != 1:
@@ -476,6 +488,14 @@ def worker_cmd(
     device: Annotated[
         DeviceChoice | None, typer.Option("--device", help="Overrides LATENT_TREES_DEVICE.")
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Score each job's blocks as Ray tasks on this cluster: auto, local or"
+            " ray://host:port (overrides LATENT_TREES_RAY).",
+        ),
+    ] = None,
 ) -> None:
     """Run jobs: with --once until none is pending, else until stopped (SIGTERM, Ctrl-C)."""
     from service.db import jobs
@@ -484,6 +504,8 @@ def worker_cmd(
     config = settings.get()
     if device is not None:
         config = config.model_copy(update={"device": device.value})
+    if ray is not None:
+        config = config.model_copy(update={"ray": ray})
 
     def report(result: edges.Outcome | worker.Failure) -> None:
         out.print(worker.describe(result), markup=False, highlight=False)

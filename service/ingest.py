@@ -246,15 +246,31 @@ def ingest_checkpoint(
         )
     if encoder.normalisation is encode_.Normalisation.scale and math.isnan(encoder.input_scale):
         encoder.input_scale = _expected_average_scale(inputs, config.encode_tokens)
-    device = device_.resolve(config.device)
     dtype = getattr(torch, config.encode_dtype)
-    moved = encoder.to(device, dtype)
     quality = encode_.Reconstruction()
     started = time.perf_counter()
-    blocks = (
-        encode_.encode_chunk(moved, x.to(device), start, quality)
-        for start, x in inputs.batches(config.encode_tokens)
-    )
+    blocks: Iterable[chunks_.SparseChunk]
+    if config.ray is not None:  # token shards encoded by Ray tasks, streamed back in order
+        from service.compute import cluster
+
+        device = torch.device("cuda" if config.ray_gpus_per_task > 0 else "cpu")
+        blocks = cluster.encode_shards(
+            config.ray,
+            encoder,
+            inputs,
+            config.encode_tokens,
+            dtype,
+            quality,
+            cpus=config.ray_cpus_per_task,
+            gpus=config.ray_gpus_per_task,
+        )
+    else:
+        device = device_.resolve(config.device)
+        moved = encoder.to(device, dtype)
+        blocks = (
+            encode_.encode_chunk(moved, x.to(device), start, quality)
+            for start, x in inputs.batches(config.encode_tokens)
+        )
     staged = _stage(
         config, blocks, inputs.n_tokens, encoder.d_sae, decoder_.unit_rows(encoder.W_dec)
     )
@@ -266,6 +282,7 @@ def ingest_checkpoint(
         "d_in": encoder.d_in,
         "k": encoder.k,
         "device": str(device),
+        **({"ray": config.ray} if config.ray is not None else {}),
         "dtype": config.encode_dtype,
         "fvu": round(quality.fvu, 6),
         "l0": round(quality.l0, 3),

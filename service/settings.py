@@ -72,6 +72,17 @@ class Settings(BaseSettings):
         default="auto",
         description="The engine's kernel: auto (numba on the CPU, triton on a GPU), or one.",
     )
+    ray: str | None = Field(
+        default=None,
+        description="Run each job's blocks (and `ingest --sae` encodes) as Ray tasks on this"
+        " cluster: auto, local, or ray://host:port; unset: in the worker's own process.",
+    )
+    ray_gpus_per_task: float = Field(
+        default=0, ge=0, description="GPUs each Ray task asks for (0: CPU tasks)."
+    )
+    ray_cpus_per_task: float = Field(
+        default=1, gt=0, description="CPUs each Ray task asks for (its kernel's threads)."
+    )
     chunk_tokens: int = Field(
         default=65536, ge=1, description="Tokens per streamed chunk when reading activations."
     )

@@ -158,6 +158,18 @@ def table_snapshot(connection: Connection) -> dict[str, list[tuple[object, ...]]
     return snap
 
 
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster (2 CPUs, no GPU) for the whole session, which other processes of
+    this machine join with the address it yields (`auto`)."""
+    ray = pytest.importorskip("ray")
+    from service.compute import cluster
+
+    cluster.connect("local", num_cpus=2)
+    yield "auto"
+    ray.shutdown()
+
+
 @dataclass
 class Pipeline:
     """A clean migrated database, a store under its own home, and settings pointing at both."""

@@ -9,6 +9,7 @@ job runs there.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,7 @@ def cosines(
     which gives the maximum)."""
     d_parent, d_child = len(parent), len(child)
     top = min(max(top, 1), d_parent)
-    p = torch.from_numpy(np.ascontiguousarray(parent)).to(device)
+    p = _read_only(parent).to(device)
     rows = max(1, block_bytes // (4 * max(d_parent, 1)))
     of_edges = np.zeros(len(edge_child), np.float32)
     top_parent = np.zeros((d_child, top), np.int64)
@@ -67,7 +68,7 @@ def cosines(
     bounds = np.searchsorted(edge_child[order], np.arange(0, d_child + rows, rows))
     for i, lo in enumerate(range(0, d_child, rows)):
         hi = min(lo + rows, d_child)
-        c = torch.from_numpy(np.ascontiguousarray(child[lo:hi])).to(device)
+        c = _read_only(child[lo:hi]).to(device)
         block = c @ p.T  # [hi - lo, d_parent]
         # Ties to the lower parent index: topk on the cosine, then a stable order on it.
         values, index = block.topk(top, dim=1)
@@ -142,3 +143,11 @@ def extend(
         np.concatenate([found.of_edges, extra_cos]),
         found.max_dec_cos,
     )
+
+
+def _read_only(rows: np.ndarray) -> torch.Tensor:
+    """Rows of a store entry (a read-only memory map) as a tensor without copying them; it is
+    only read (torch warns about any array it cannot write)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(rows))

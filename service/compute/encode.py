@@ -146,6 +146,15 @@ class Reconstruction:
         self.x_sum = total if self.x_sum is None else self.x_sum + total
         self.x_sq += float(x64.square().sum())
 
+    def merge(self, other: Reconstruction) -> None:
+        """Fold in the figures of another token set (sums add)."""
+        self.n_tokens += other.n_tokens
+        self.l0_sum += other.l0_sum
+        self.err_sq += other.err_sq
+        if other.x_sum is not None:
+            self.x_sum = other.x_sum if self.x_sum is None else self.x_sum + other.x_sum
+        self.x_sq += other.x_sq
+
     @property
     def fvu(self) -> float:
         """sum |x - x_hat|^2 / sum |x - mean x|^2."""

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numba
 import numpy as np
@@ -142,32 +143,44 @@ def score_pair(
     max_block_entries: int | None = None,
     max_block_rows: int | None = None,
     on_block: Callable[[int, int], None] | None = None,
+    runner: Runner | None = None,
 ) -> PairResult:
     """Every stored edge between `parent` and `child` (SPEC.md section 2), with statistics.
 
-    `on_block(done, total)` is called after each block (progress)."""
+    `on_block(done, total)` is called after each block (progress). `runner` scores the blocks
+    elsewhere (`cluster.RayRunner`: Ray tasks, on its devices); by default they run here."""
     if parent.n_tokens != child.n_tokens:
         raise ValueError(
             f"parent has {parent.n_tokens} tokens but child has {child.n_tokens}: "
             "saes of a family share one token set"
         )
     params = params or scores_.EdgeParams()
-    dev = device_.resolve(device)
-    kind = resolve_backend(backend, dev)
-    budget = memory_budget if memory_budget is not None else default_budget(dev)
+    if runner is None:
+        dev = device_.resolve(device)
+        kind = resolve_backend(backend, dev)
+        budget = memory_budget if memory_budget is not None else default_budget(dev)
+    else:  # the tasks' device, which this process may not have
+        dev = torch.device(runner.device)
+        kind = backend if backend != "auto" else ("triton" if dev.type == "cuda" else "numba")
+        budget = memory_budget if memory_budget is not None else 16 * GiB
     started = time.perf_counter()
-    clock = Clock(dev)
+    clock = Clock(dev if runner is None else torch.device("cpu"))
     with clock.phase("statistics"):
+        stats_device = str(dev) if runner is None else "cpu"
         if parent_stats is None:
-            parent_stats = stats_.latent_stats(parent, device=str(dev), chunk_tokens=chunk_tokens)
+            parent_stats = stats_.latent_stats(
+                parent, device=stats_device, chunk_tokens=chunk_tokens
+            )
         if child_stats is None:
-            child_stats = stats_.latent_stats(child, device=str(dev), chunk_tokens=chunk_tokens)
+            child_stats = stats_.latent_stats(child, device=stats_device, chunk_tokens=chunk_tokens)
     with clock.phase("layout"):
         parent_rows = layout.token_major(parent, chunk_tokens)
         child_rows = layout.token_major(child, chunk_tokens)
         parent_nnz = layout.block_nnz(parent_rows)
 
     max_entries = max_block_entries or max(1, budget // (4 * _BYTES_PER_BLOCK_ENTRY))
+    if runner is not None:  # enough blocks to keep every task slot busy
+        max_entries = min(max_entries, max(1, -(-int(parent_nnz.sum()) // (2 * runner.slots()))))
     rows_cap = max_block_rows
     if kind != "numba":
         dense_rows = budget // (2 * _BYTES_PER_ROW_PAIR * max(child.d_sae, 1))
@@ -176,41 +189,37 @@ def score_pair(
         rows_cap = min(rows_cap or dense_rows, dense_rows)
     blocks = layout.plan_blocks(parent_nnz, max_entries, rows_cap)
 
-    run = {"numba": _numba_blocks, "torch": _torch_blocks, "triton": _triton_blocks}[kind]
-    found: list[scores_.Edges] = []
-    tops: list[torch.Tensor | None] = []
-    n_coactivations = n_pairs = 0
-    for i, (cands, parent_top, coacts, pairs) in enumerate(
-        run(
-            Work(
-                parent_rows,
-                child_rows,
-                blocks,
-                parent_stats,
-                child_stats,
-                params,
-                dev,
-                budget,
-                clock,
-            )
-        )
-    ):
-        found.append(cands)
-        tops.append(parent_top)
-        n_coactivations += coacts
-        n_pairs += pairs
+    pair = Pair(
+        _as_laid(parent, parent_rows),
+        _as_laid(child, child_rows),
+        parent_stats,
+        child_stats,
+        params,
+        str(dev),
+        kind,
+        budget,
+        chunk_tokens,
+    )
+    results: list[BlockResult | None] = [None] * len(blocks)
+    done = enumerate(score_blocks(pair, blocks, clock)) if runner is None else runner(pair, blocks)
+    for n_done, (i, result) in enumerate(done, 1):
+        results[i] = result
         if on_block is not None:
-            on_block(i + 1, len(blocks))
+            on_block(n_done, len(blocks))
+    found = [r for r in results if r is not None]
+    if len(found) != len(blocks):
+        raise RuntimeError(f"{len(blocks) - len(found)} of {len(blocks)} blocks were not scored")
     with clock.phase("finalize"):
+        tops = [top for _c, top, _n, _p in found]
         known = [t for t in tops if t is not None]
         top = torch.cat(known) if len(known) == len(tops) else None
-        edges = scores_.finalize(scores_.Edges.concat(found), params, top)
+        edges = scores_.finalize(scores_.Edges.concat([c for c, *_ in found]), params, top)
     return PairResult(
         edges,
         parent_stats,
         child_stats,
-        n_coactivations,
-        n_pairs,
+        sum(n for _c, _t, n, _p in found),
+        sum(p for _c, _t, _n, p in found),
         blocks,
         time.perf_counter() - started,
         kind,
@@ -218,9 +227,73 @@ def score_pair(
     )
 
 
-# Per block: candidate edges, which are among their parent's top children (None: `finalize`
-# ranks them), co-activations and distinct co-active pairs.
-BlockResults = Iterator[tuple[scores_.Edges, torch.Tensor | None, int, int]]
+@dataclass(frozen=True)
+class Pair:
+    """A job's inputs as a block runner takes them, resolved (device, kernel, budget). It
+    pickles small where its sources are stored entries (they pickle as their paths), so that a
+    Ray task opens the activations where it runs."""
+
+    parent: chunks_.ChunkSource
+    child: chunks_.ChunkSource
+    parent_stats: stats_.LatentStats
+    child_stats: stats_.LatentStats
+    params: scores_.EdgeParams
+    device: str
+    backend: str
+    budget: int
+    chunk_tokens: int
+
+
+# A block's result: candidate edges, which are among their parent's top children (None:
+# `finalize` ranks them), co-activations and distinct co-active pairs.
+BlockResult = tuple[scores_.Edges, torch.Tensor | None, int, int]
+
+
+class Runner(Protocol):
+    """Scores a pair's blocks elsewhere, yielding (block index, result) in any order."""
+
+    device: str  # where its tasks run: cpu or cuda
+
+    def slots(self) -> int:
+        """How many blocks it scores at once."""
+        ...
+
+    def __call__(
+        self, pair: Pair, blocks: list[tuple[int, int]]
+    ) -> Iterator[tuple[int, BlockResult]]: ...
+
+
+def score_blocks(
+    pair: Pair, blocks: list[tuple[int, int]], clock: Clock | None = None
+) -> Iterator[BlockResult]:
+    """Score `blocks` of `pair` in this process, in order: the unit of work that a Ray task
+    runs (a block never shares an output row with another)."""
+    dev = device_.resolve(pair.device)
+    clock = clock or Clock(dev)
+    parent_rows = layout.token_major(pair.parent, pair.chunk_tokens)
+    child_rows = layout.token_major(pair.child, pair.chunk_tokens)
+    run = {"numba": _numba_blocks, "torch": _torch_blocks, "triton": _triton_blocks}[pair.backend]
+    work = Work(
+        parent_rows,
+        child_rows,
+        blocks,
+        pair.parent_stats,
+        pair.child_stats,
+        pair.params,
+        dev,
+        pair.budget,
+        clock,
+    )
+    yield from run(work)
+
+
+def _as_laid(source: chunks_.ChunkSource, rows: layout.TokenMajor) -> chunks_.ChunkSource:
+    """A source as the blocks read it: itself where it is stored token-major (a store entry
+    pickles as its path), else its token-major arrays (gathered once, here)."""
+    return source if isinstance(source, layout.HasTokenMajor) else layout.Laid(rows)
+
+
+BlockResults = Iterator[BlockResult]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ The four sums of a pair (p, c), over the tokens where both are active, follow fr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -52,6 +53,38 @@ class HasTokenMajor(Protocol):
     """A source that holds its activations token-major already (the store, in-memory CSR)."""
 
     def token_major(self) -> TokenMajor: ...
+
+
+@dataclass(frozen=True)
+class Laid:
+    """Activations already token-major, as a chunk source (what a block runner is handed)."""
+
+    rows: TokenMajor
+
+    @property
+    def n_tokens(self) -> int:
+        return self.rows.n_tokens
+
+    @property
+    def d_sae(self) -> int:
+        return self.rows.d_sae
+
+    def token_major(self) -> TokenMajor:
+        return self.rows
+
+    def chunks(self, chunk_tokens: int) -> Iterator[chunks_.SparseChunk]:
+        r = self.rows
+        for start in range(0, r.n_tokens, chunk_tokens):
+            stop = min(start + chunk_tokens, r.n_tokens)
+            lo, hi = int(r.indptr[start]), int(r.indptr[stop])
+            rows = np.repeat(np.arange(stop - start), np.diff(r.indptr[start : stop + 1]))
+            yield chunks_.SparseChunk(
+                start,
+                stop - start,
+                torch.from_numpy(rows),
+                torch.from_numpy(r.indices[lo:hi].astype(np.int64)),
+                torch.from_numpy(r.values[lo:hi].copy()),
+            )
 
 
 def token_major(source: chunks_.ChunkSource, chunk_tokens: int = 1 << 16) -> TokenMajor:

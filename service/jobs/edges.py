@@ -43,6 +43,7 @@ def run(
     config: settings.Settings,
     activation_store: store.Store,
     job: jobs.Claim,
+    runner: compute.Runner | None = None,
 ) -> Outcome:
     """Compute and publish the edges of a claimed job (raises on failure, leaving no edges)."""
     inputs = db_engine.transaction(engine, lambda conn: jobs.inputs(conn, job))
@@ -81,6 +82,7 @@ def run(
             parent_stats=_stats(inputs.parent),
             child_stats=_stats(inputs.child),
             on_block=progress,
+            runner=runner,
         )
     found, dec_cos, max_dec_cos = result.edges, None, None
     parent_rows, child_rows = parent.decoder(), child.decoder()

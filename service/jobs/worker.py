@@ -26,6 +26,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
 from service import errors, settings
+from service.compute import engine as compute
 from service.db import engine as db_engine
 from service.db import jobs
 from service.jobs import edges
@@ -88,6 +89,13 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.store = store.Store.under(config.home)
         self.report = report or (lambda _result: None)
+        self.runner: compute.Runner | None = None
+        if config.ray is not None:  # joined once: every job's blocks go to the cluster
+            from service.compute import cluster
+
+            self.runner = cluster.RayRunner(
+                config.ray, cpus=config.ray_cpus_per_task, gpus=config.ray_gpus_per_task
+            )
 
     def run_one(self) -> edges.Outcome | Failure | None:
         """Claim and run one job; None when nothing is claimable."""
@@ -98,7 +106,7 @@ class Worker:
             return None
         result: edges.Outcome | Failure
         try:
-            result = edges.run(self.engine, self.config, self.store, job)
+            result = edges.run(self.engine, self.config, self.store, job, self.runner)
         except Exception as exc:
             message = errors.describe(exc)
             log.warning("job %d failed on attempt %d: %s", job.id, job.attempts, message)

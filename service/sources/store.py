@@ -311,6 +311,7 @@ class StoreSource:
     """A stored entry read through memory maps; implements compute.chunks.ChunkSource."""
 
     def __init__(self, folder: Path) -> None:
+        self.folder = folder
         try:
             meta = json.loads((folder / "meta.json").read_text())
             self._n_tokens, self._d_sae = int(meta["n_tokens"]), int(meta["d_sae"])
@@ -334,6 +335,11 @@ class StoreSource:
             raise errors.ServiceError(
                 f"activation store entry {folder} is missing or damaged"
             ) from exc
+
+    def __reduce__(self) -> tuple[type[StoreSource], tuple[Path]]:
+        # Pickled as its path (a Ray task opens the entry where it runs: a store every node
+        # mounts), never as its arrays.
+        return (StoreSource, (self.folder,))
 
     @property
     def n_tokens(self) -> int:
@@ -389,6 +395,7 @@ class InputsSource:
     """A family's stored model inputs, read through memory maps."""
 
     def __init__(self, folder: Path) -> None:
+        self.folder = folder
         try:
             self.meta = json.loads((folder / "meta.json").read_text())
             self.n_tokens, self.d_in = int(self.meta["n_tokens"]), int(self.meta["d_in"])
@@ -408,10 +415,16 @@ class InputsSource:
         except (OSError, ValueError, KeyError) as exc:
             raise errors.ServiceError(f"inputs store entry {folder} is missing or damaged") from exc
 
-    def batches(self, batch_tokens: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """(start, inputs [b, d_in] as stored) for consecutive batches of tokens."""
-        for start in range(0, self.n_tokens, batch_tokens):
-            block = torch.from_numpy(np.array(self._x[start : start + batch_tokens]))
+    def __reduce__(self) -> tuple[type[InputsSource], tuple[Path]]:
+        return (InputsSource, (self.folder,))  # as its path, like StoreSource
+
+    def batches(
+        self, batch_tokens: int, first: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, inputs [b, d_in] as stored) for consecutive batches of tokens [first, stop)."""
+        stop = self.n_tokens if stop is None else min(stop, self.n_tokens)
+        for start in range(first, stop, batch_tokens):
+            block = torch.from_numpy(np.array(self._x[start : min(start + batch_tokens, stop)]))
             yield start, block.view(torch.bfloat16) if self.dtype == "bfloat16" else block
 
     def context(self, position: int, width: int) -> tuple[str, str, str] | None:

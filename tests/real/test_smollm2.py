@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from service import demo, families, ingest, training
+from service.compute import cluster, engine
 from service.sources import model, store
 from tests.conftest import Pipeline, run_cli
+from tests.unit.test_engine import as_dict
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +47,7 @@ def test_first_positions_and_a_few_tokens_are_outliers(corpus: Path) -> None:
     assert len(kept) == 640 and kept.max() < 4.5 * np.median(kept)
 
 
-def test_real_model_family_end_to_end(pipeline: Pipeline, corpus: Path) -> None:
+def test_real_model_family_end_to_end(pipeline: Pipeline, corpus: Path, ray_cluster: str) -> None:
     spec = model.Capture(str(demo.smollm2_path()), demo.HOOK, corpus, N_TOKENS)
     lines: list[str] = []
     created = families.create_from_model(
@@ -77,6 +79,18 @@ def test_real_model_family_end_to_end(pipeline: Pipeline, corpus: Path) -> None:
     assert [s["source"]["fvu"] for s in family["saes"]] == pytest.approx(fvu)
     results = pipeline.drain()
     assert len(results) == 2
+    # The same pairs as Ray tasks that open the store's entries by path: the same edges.
+    the_store = store.Store.under(pipeline.config.home)
+    runner = cluster.RayRunner(ray_cluster)
+    for parent_path, child_path in pipeline.sql(
+        "SELECT p.activations_path, c.activations_path FROM job j"
+        " JOIN sae p ON p.id = j.parent_sae_id JOIN sae c ON c.id = j.child_sae_id"
+    ):
+        parent = the_store.open_activations(parent_path)
+        child = the_store.open_activations(child_path)
+        here = engine.score_pair(parent, child, device="cpu")
+        there = engine.score_pair(parent, child, runner=runner)
+        assert len(there.blocks) >= 2 and as_dict(there.edges) == as_dict(here.edges)
 
     edges = pipeline.sql(
         "SELECT masked_cos, masked_cos_parent, mcs, max_ratio, score FROM latent_edges"
