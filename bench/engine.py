@@ -276,6 +276,11 @@ def check(
     return "exact" if bad == missing == 0 else f"{bad} wrong, {missing} missing"
 
 
+def as_set(edges: scores.Edges) -> set[tuple[int, int, float]]:
+    """Edges as (parent, child, score), to compare two runs whatever their order."""
+    return set(zip(edges.parent.tolist(), edges.child.tolist(), edges.score.tolist(), strict=True))
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)

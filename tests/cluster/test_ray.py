@@ -19,7 +19,7 @@ import torch
 from service import errors, families, ingest
 from service.compute import chunks, cluster, engine
 from service.db import queries
-from service.jobs import worker
+from service.jobs import edges, worker
 from service.sources import planted
 from tests.conftest import Pipeline
 from tests.jobs.test_checkpoints import _inputs, _topk_sae
@@ -93,7 +93,7 @@ def test_a_killed_task_is_retried_and_the_job_publishes_every_edge_once(
             "UPDATE job SET state = 'failed' WHERE child_sae_id IN"
             " (SELECT s.id FROM sae s JOIN family f ON f.id = s.family_id WHERE f.name = 'B')"
         )
-    assert [r.label for r in local.drain()] == ["A/1 -> A/2"]
+    assert [r.label for r in local.drain() if isinstance(r, edges.Outcome)] == ["A/1 -> A/2"]
     with pipeline.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE job SET state = 'pending' WHERE state = 'failed'")
     config = pipeline.config.model_copy(update={"ray": ray_cluster})
@@ -107,6 +107,7 @@ def test_a_killed_task_is_retried_and_the_job_publishes_every_edge_once(
         stop.set()
         killer.join()
     assert killed, "no task was seen running"
+    assert isinstance(outcome, edges.Outcome), outcome
     assert outcome.label == "B/1 -> B/2" and outcome.n_edges > 1000
     assert pipeline.sql("SELECT state, attempts FROM job ORDER BY id") == [("done", 1)] * 2
     a, b = _edges(pipeline, "A"), _edges(pipeline, "B")

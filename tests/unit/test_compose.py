@@ -17,7 +17,12 @@ def _compose() -> dict[str, Any]:
 
 def test_services_and_dependencies() -> None:
     services = _compose()["services"]
-    assert set(services) == {"postgres", "migrate", "worker", "api"}
+    assert {n for n, s in services.items() if "profiles" not in s} == {
+        "postgres",
+        "migrate",
+        "worker",
+        "api",
+    }
     assert services["postgres"]["image"] == "postgres:18"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert services["migrate"]["command"] == ["db", "upgrade"]
@@ -67,3 +72,24 @@ def test_api_serves_on_all_interfaces_and_checks_its_own_health() -> None:
     port = command[command.index("--port") + 1]
     assert f"{port}:{port}" in api["ports"]
     assert f"http://127.0.0.1:{port}/api/families" in " ".join(api["healthcheck"]["test"])
+
+
+def test_the_ray_profile_shares_the_store_and_reserves_a_gpu_per_node() -> None:
+    compose = _compose()
+    services = compose["services"]
+    ray = {n for n, s in services.items() if s.get("profiles") == ["ray"]}
+    assert ray == {"ray-head", "ray-node", "ray-driver"}
+    for name in ray:  # one store every node reads (tasks open activations by path)
+        assert services[name]["volumes"] == ["store:/data"]
+        assert services[name]["environment"]["LATENT_TREES_HOME"] == "/data"
+    for name in ("ray-head", "ray-node"):
+        assert services[name]["entrypoint"] == ["ray"]
+        assert services[name]["shm_size"] == "8gb"  # Ray's object store in /dev/shm
+    assert "--ray-client-server-port=10001" in services["ray-head"]["command"]
+    assert "--address=ray-head:6379" in services["ray-node"]["command"]
+    node_gpu = services["ray-node"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert node_gpu["capabilities"] == ["gpu"]
+    env = services["ray-driver"]["environment"]
+    assert env["LATENT_TREES_RAY"] == "ray://ray-head:10001"
+    assert env["LATENT_TREES_RAY_GPUS_PER_TASK"] == "1"
+    assert '".[ray]"' in (REPO / "Dockerfile").read_text()
