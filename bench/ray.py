@@ -44,6 +44,8 @@ def main() -> None:
             runner=runner,
         )
 
+    small = bench_engine.synthetic(bench_engine.Case(64, 256, 5_000, 8))
+    engine.score_pair(*small, device="cpu")  # compiled kernels loaded: not timed
     cores = numba.get_num_threads()
     numba.set_num_threads(1)
     one_thread = score()
