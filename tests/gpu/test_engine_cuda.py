@@ -20,12 +20,10 @@ def _close(got: dict, want: dict) -> None:
             assert got[key][name] == pytest.approx(want[key][name], rel=1e-6, abs=1e-9)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
-@pytest.mark.parametrize("max_block_rows", [None, 7])
-def test_cuda_matches_cpu_and_reference(backend: str, max_block_rows: int | None) -> None:
-    rng = np.random.default_rng(7)
-    parent = sparse_matrix(rng, 2000, 40, 0.05)
-    child = sparse_matrix(rng, 2000, 160, 0.02)
+def _against_cpu(
+    parent: np.ndarray, child: np.ndarray, backend: str, max_block_rows: int | None
+) -> None:
+    """The pair scored on CUDA gives the CPU kernel's edges and the float64 reference's."""
     cpu = engine.score_pair(
         chunks.DenseSource(torch.from_numpy(parent)),
         chunks.DenseSource(torch.from_numpy(child)),
@@ -43,6 +41,18 @@ def test_cuda_matches_cpu_and_reference(backend: str, max_block_rows: int | None
     _close(as_dict(gpu.edges), as_dict(cpu.edges))
     assert gpu.n_coactivations == cpu.n_coactivations
     assert_matches_reference(parent, child, gpu)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("max_block_rows", [None, 7])
+def test_cuda_matches_cpu_and_reference(backend: str, max_block_rows: int | None) -> None:
+    rng = np.random.default_rng(7)
+    _against_cpu(
+        sparse_matrix(rng, 2000, 40, 0.05),
+        sparse_matrix(rng, 2000, 160, 0.02),
+        backend,
+        max_block_rows,
+    )
 
 
 def test_auto_on_cuda_is_the_triton_kernel() -> None:
@@ -68,21 +78,4 @@ def test_kernel_variants_match_cpu(config: dict, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(gpu_kernel, "DEFAULT", gpu_kernel.Config(**config))
     rng = np.random.default_rng(11)
-    parent = sparse_matrix(rng, 3000, 50, 0.2)
-    child = sparse_matrix(rng, 3000, 120, 0.1)
-    cpu = engine.score_pair(
-        chunks.DenseSource(torch.from_numpy(parent)),
-        chunks.DenseSource(torch.from_numpy(child)),
-        device="cpu",
-        backend="numba",
-    )
-    gpu = engine.score_pair(
-        chunks.DenseSource(torch.from_numpy(parent).cuda()),
-        chunks.DenseSource(torch.from_numpy(child).cuda()),
-        device="cuda",
-        backend="triton",
-        max_block_rows=9,
-    )
-    _close(as_dict(gpu.edges), as_dict(cpu.edges))
-    assert gpu.n_coactivations == cpu.n_coactivations
-    assert_matches_reference(parent, child, gpu)
+    _against_cpu(sparse_matrix(rng, 3000, 50, 0.2), sparse_matrix(rng, 3000, 120, 0.1), "triton", 9)
