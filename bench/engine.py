@@ -321,23 +321,8 @@ def measure(case: Case, dev: torch.device, methods: list[str], baseline_tokens: 
             rows.append({"case": case.name, "method": method, "note": "does not fit"})
             print(json.dumps(rows[-1]), flush=True)
             continue
-        rows.append(
-            {
-                "case": case.name,
-                "method": run.method,
-                "seconds": run.seconds,
-                "coactivations": run.n_coactivations,
-                "pairs": run.n_pairs,
-                "rate": run.rate,
-                "edges": len(run.edges) if run.edges is not None else None,
-                "per_child": len(run.edges) / case.d_child if run.edges is not None else None,
-                "peak_gib": _peak(dev),
-                "check": check(parent, child, st, run.edges, sample)
-                if run.edges is not None
-                else "-",
-                "note": run.note,
-            }
-        )
+        checked = check(parent, child, st, run.edges, sample) if run.edges is not None else "-"
+        rows.append(_row(case, run, dev, checked))
         _progress(f"{case.name}: {run.method} in {run.seconds:.2f} s, {rows[-1]['check']}")
         print(json.dumps(rows[-1]), flush=True)  # each row as soon as it is known
     return rows
@@ -384,26 +369,34 @@ def tune(
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             assert run.edges is not None
-            rows.append(
-                {
-                    "case": case.name,
-                    "method": f"triton ({label})",
-                    "seconds": run.seconds,
-                    "coactivations": run.n_coactivations,
-                    "pairs": run.n_pairs,
-                    "rate": run.rate,
-                    "edges": len(run.edges),
-                    "per_child": len(run.edges) / case.d_child,
-                    "peak_gib": _peak(dev),
-                    "check": check(parent, child, st, run.edges, sample),
-                    "note": "tune; " + run.note,
-                }
-            )
+            checked = check(parent, child, st, run.edges, sample)
+            rows.append(_row(case, run, dev, checked, method=f"triton ({label})", note="tune; "))
             _progress(f"{case.name}: tune {label} in {run.seconds:.2f} s, {rows[-1]['check']}")
             print(json.dumps(rows[-1]), flush=True)
     finally:
         gpu_kernel.DEFAULT = default
     return rows
+
+
+def _row(
+    case: Case, run: Run, dev: torch.device, checked: str, method: str = "", note: str = ""
+) -> dict:
+    """One method's figures on a case as the table prints them (`method` instead of the
+    run's own name, `note` before its note)."""
+    n_edges = len(run.edges) if run.edges is not None else None
+    return {
+        "case": case.name,
+        "method": method or run.method,
+        "seconds": run.seconds,
+        "coactivations": run.n_coactivations,
+        "pairs": run.n_pairs,
+        "rate": run.rate,
+        "edges": n_edges,
+        "per_child": n_edges / case.d_child if n_edges is not None else None,
+        "peak_gib": _peak(dev),
+        "check": checked,
+        "note": note + run.note,
+    }
 
 
 def _progress(line: str) -> None:

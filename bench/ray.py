@@ -9,6 +9,7 @@ checked equal to the in-process run's.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 import numba
@@ -57,7 +58,7 @@ def main() -> None:
         (f"in process, numba {cores} threads", all_cores, ""),
     ]
     for cpus in (1, 2):
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
         runner = cluster.RayRunner("auto")
         score(runner)  # workers started, modules imported and kernels loaded: not timed
         result = score(runner)

@@ -266,10 +266,8 @@ def ingest_checkpoint(
         )
     else:
         device = device_.resolve(config.device)
-        moved = encoder.to(device, dtype)
-        blocks = (
-            encode_.encode_chunk(moved, x.to(device), start, quality)
-            for start, x in inputs.batches(config.encode_tokens)
+        blocks = encode_.encode_batches(
+            encoder, inputs.batches(config.encode_tokens), device, dtype, quality
         )
     staged = _stage(
         config, blocks, inputs.n_tokens, encoder.d_sae, decoder_.unit_rows(encoder.W_dec)

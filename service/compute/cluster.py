@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numba
@@ -63,15 +64,20 @@ def connect(address: str, *, num_cpus: int | None = None) -> None:
         raise errors.ServiceError(f"no Ray cluster at {address!r}: {exc}") from exc
 
 
-class RayRunner:
-    """Scores blocks as Ray tasks, each asking for `cpus` CPUs and `gpus` GPUs."""
+@dataclass(frozen=True)
+class Tasks:
+    """What each task asks of a cluster this process has joined: `cpus` CPUs, `gpus` GPUs."""
 
-    def __init__(self, address: str, *, cpus: float = 1, gpus: float = 0) -> None:
+    cpus: float = 1
+    gpus: float = 0
+
+    @staticmethod
+    def on(address: str, cpus: float = 1, gpus: float = 0) -> Tasks:
+        """Join the cluster at `address` and check that a node can run such a task: one that
+        asks for a GPU no node has would wait forever."""
         connect(address)
-        ray = _ray()
-        resources = ray.cluster_resources()
+        resources = _ray().cluster_resources()
         if gpus > 0 and resources.get("GPU", 0) < gpus:
-            # Such a task would wait forever for a GPU that no node has.
             raise errors.ServiceError(
                 f"Ray tasks ask for {gpus:g} GPU each but the cluster has"
                 f" {resources.get('GPU', 0):g}: set LATENT_TREES_RAY_GPUS_PER_TASK=0 for CPUs"
@@ -81,11 +87,11 @@ class RayRunner:
                 f"Ray tasks ask for {cpus:g} CPUs each but the cluster has"
                 f" {resources.get('CPU', 0):g}"
             )
-        self.cpus, self.gpus = cpus, gpus
-        self.device = "cuda" if gpus > 0 else "cpu"
-        self._task = ray.remote(_score_block).options(
-            num_cpus=cpus, num_gpus=gpus, max_retries=TASK_RETRIES
-        )
+        return Tasks(cpus, gpus)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus > 0 else "cpu"
 
     def slots(self) -> int:
         """Tasks the cluster runs at once."""
@@ -94,29 +100,47 @@ class RayRunner:
             return max(1, math.floor(resources.get("GPU", 0) / self.gpus))
         return max(1, math.floor(resources.get("CPU", 0) / self.cpus))
 
+    def remote(self, function: Callable[..., Any]) -> Any:
+        """`function` as a Ray task asking for these resources, retried if its process dies."""
+        return (
+            _ray()
+            .remote(function)
+            .options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=TASK_RETRIES)
+        )
+
+    def gather(
+        self, task: Any, shared: Any, args: list[tuple[Any, ...]]
+    ) -> Iterator[tuple[int, Any]]:
+        """Submit `task` once per `args` (each with `shared` first and these CPUs last), and
+        yield (index, result) as they finish."""
+        ray = _ray()
+        pending = {task.remote(shared, *a, self.cpus): i for i, a in enumerate(args)}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    yield pending.pop(ref), ray.get(ref)
+        finally:
+            for ref in pending:  # the caller stopped (an error): leave no task running
+                ray.cancel(ref, force=True)
+
+
+class RayRunner:
+    """Scores blocks as Ray tasks (`engine.Runner`), each asking for `cpus` CPUs and `gpus`
+    GPUs."""
+
+    def __init__(self, address: str, *, cpus: float = 1, gpus: float = 0) -> None:
+        self.tasks = Tasks.on(address, cpus, gpus)
+        self.device = self.tasks.device
+        self._task = self.tasks.remote(_score_block)
+
+    def slots(self) -> int:
+        return self.tasks.slots()
+
     def __call__(
         self, pair: engine.Pair, blocks: list[tuple[int, int]]
     ) -> Iterator[tuple[int, engine.BlockResult]]:
-        return gather(
-            self._task.remote, _ray().put(pair), [(block,) for block in blocks], self.cpus
-        )
-
-
-def gather(
-    submit: Callable[..., Any], shared: Any, args: list[tuple[Any, ...]], cpus: float
-) -> Iterator[tuple[int, Any]]:
-    """Submit one task per `args` (each with `shared` first and the CPUs it may use last),
-    and yield (index, result) as they finish."""
-    ray = _ray()
-    pending = {submit(shared, *a, cpus): i for i, a in enumerate(args)}
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                yield pending.pop(ref), ray.get(ref)
-    finally:
-        for ref in pending:  # the caller stopped (an error): leave no task running
-            ray.cancel(ref, force=True)
+        return self.tasks.gather(self._task, _ray().put(pair), [(block,) for block in blocks])
 
 
 def _use_cpus(cpus: float) -> None:
@@ -146,20 +170,17 @@ def encode_shards(
     tasks, one per shard of whole batches of tokens; the chunks come back in token order, as
     the unsharded encode yields them, and each shard's reconstruction figures fold into
     `quality`."""
-    runner = RayRunner(address, cpus=cpus, gpus=gpus)
+    tasks = Tasks.on(address, cpus, gpus)
     n_batches = -(-inputs.n_tokens // batch_tokens)
-    n_shards = max(1, min(n_batches, 2 * runner.slots()))
+    n_shards = max(1, min(n_batches, 2 * tasks.slots()))
     per_shard = -(-n_batches // n_shards) * batch_tokens
     bounds = [
         (lo, min(lo + per_shard, inputs.n_tokens)) for lo in range(0, inputs.n_tokens, per_shard)
     ]
-    task = (
-        _ray().remote(_encode_shard).options(num_cpus=cpus, num_gpus=gpus, max_retries=TASK_RETRIES)
-    )
-    shared = _ray().put((encoder, inputs, batch_tokens, dtype, runner.device))
+    shared = _ray().put((encoder, inputs, batch_tokens, dtype, tasks.device))
     ready: dict[int, tuple[list[chunks_.SparseChunk], encode_.Reconstruction]] = {}
     following = 0
-    for i, result in gather(task.remote, shared, bounds, cpus):
+    for i, result in tasks.gather(tasks.remote(_encode_shard), shared, bounds):
         ready[i] = result
         while following in ready:  # in token order
             shard_chunks, shard_quality = ready.pop(following)
@@ -173,11 +194,7 @@ def _encode_shard(
 ) -> tuple[list[chunks_.SparseChunk], encode_.Reconstruction]:
     encoder, inputs, batch_tokens, dtype, device = shared
     torch.set_num_threads(max(1, int(cpus)))
-    dev = torch.device(device)
-    moved = encoder.to(dev, dtype)
     quality = encode_.Reconstruction()
-    out = [
-        encode_.encode_chunk(moved, x.to(dev), start, quality)
-        for start, x in inputs.batches(batch_tokens, first, stop)
-    ]
+    batches = inputs.batches(batch_tokens, first, stop)
+    out = list(encode_.encode_batches(encoder, batches, torch.device(device), dtype, quality))
     return out, quality

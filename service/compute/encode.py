@@ -15,6 +15,7 @@ else zero. The decoder is kept so that ingest can report how well the sae recons
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -185,3 +186,17 @@ def encode_chunk(
         cols.cpu(),
         acts[rows, cols].to(torch.float32).cpu(),
     )
+
+
+def encode_batches(
+    encoder: Encoder,
+    batches: Iterable[tuple[int, Tensor]],
+    device: torch.device,
+    dtype: torch.dtype,
+    quality: Reconstruction,
+) -> Iterator[chunks_.SparseChunk]:
+    """Batches of inputs (start, [b, d_in]) encoded on `device` in `dtype`, in order, their
+    reconstruction error folded into `quality` (an ingest in process, or one Ray task's shard)."""
+    moved = encoder.to(device, dtype)
+    for start, x in batches:
+        yield encode_chunk(moved, x.to(device), start, quality)

@@ -116,8 +116,9 @@ def default_budget(device: torch.device) -> int:
     return int(min(16 * GiB, free * 0.8))
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend for `auto` on a device: the compiled kernel of that device."""
+def resolve_backend(backend: str, device: torch.device, here: bool = True) -> str:
+    """The backend for `auto` on a device: the compiled kernel of that device (on a GPU of
+    this process, Triton where it is installed; `here=False`: on another machine's)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend != "auto":
@@ -125,7 +126,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if device.type == "cuda":
         from service.compute import gpu_kernel
 
-        return "triton" if gpu_kernel.available() else "torch"
+        return "triton" if not here or gpu_kernel.available() else "torch"
     return "numba"
 
 
@@ -161,7 +162,7 @@ def score_pair(
         budget = memory_budget if memory_budget is not None else default_budget(dev)
     else:  # the tasks' device, which this process may not have
         dev = torch.device(runner.device)
-        kind = backend if backend != "auto" else ("triton" if dev.type == "cuda" else "numba")
+        kind = resolve_backend(backend, dev, here=False)
         budget = memory_budget if memory_budget is not None else 16 * GiB
     started = time.perf_counter()
     clock = Clock(dev if runner is None else torch.device("cpu"))
@@ -320,10 +321,8 @@ def _numba_blocks(w: Work) -> BlockResults:
     for lo, hi in w.blocks:
         with w.clock.phase("gather"):
             block = layout.latent_major(w.parent, lo, hi)
-        with (
-            w.clock.phase("sums"),
-            numba.parallel_chunksize(8),
-        ):  # rows differ in cost: hand them out dynamically
+        # Rows differ in cost: numba hands them out dynamically.
+        with w.clock.phase("sums"), numba.parallel_chunksize(8):
             found = cpu_kernel.score_block(
                 block,
                 w.child,
