@@ -1,4 +1,4 @@
-"""Ray: a job's blocks of parent latents (and, at ingest, an encode's token shards) as tasks
+"""Ray: a job's blocks of latents (and, at ingest, an encode's token shards) as tasks
 across the CPUs and GPUs of a cluster.
 
 A block is the engine's independent unit of output (`engine.score_blocks`), so a task scores

@@ -1,22 +1,32 @@
-"""The CPU kernel: every pair of a block of parent latents with the child, in one compiled pass.
+"""The CPU kernel: every pair of a block of child latents with the parent, in one compiled pass.
 
-Sparse Gustavson, one parent latent (a row) at a time, rows spread over threads: walk the row's
-active tokens (latent-major), and for each the child latents active on that token (token-major),
-accumulating the four sums in the thread's dense row (float64) while listing the children the
-row touched. Then only the touched children are scored (`scores.parts`), the candidates are
-emitted, and the touched entries are reset. Work follows the co-activations; memory is the
-block's entries plus, per thread, a few arrays of d_sae(child).
+Sparse Gustavson, one child latent (a row) at a time, rows spread over threads: walk the row's
+active tokens (latent-major), and for each the parent latents active on that token (token-major,
+read in place; a few tokens ahead prefetched), accumulating the four sums of each parent the row
+meets in the thread's compact accumulator (float64), found through a parent-wide slot map. Then
+only those pairs are scored (`scores.parts`), the row's candidates are staged, given room in the
+block's columns by one atomic add, and copied there: each candidate is written once, in place.
+Work follows the co-activations; memory is the block's entries and candidates plus, per thread,
+a few arrays of d_sae(parent).
+
+Rows are the child's latents because a family's parent is the narrower sae: the random accesses
+of every co-activation then land in a map a quarter the size (256 KB at 65k -> 262k: the core's
+L2), not in a d_child-wide one.
 
 Candidates (a superset of the stored edges; `scores.finalize` picks them exactly): pairs above
-the floor; the row's `top_children` best; and a pair whose score reaches its child's running
-`top_parents`-th best score among the pairs this thread scored in this block (a pair of a
-child's final top parents always does: fewer than that many pairs beat it anywhere).
+the floor; the row's `top_parents` best (exact: a row is whole in a block); and a pair whose
+score reaches its parent's running `top_children`-th best score among the pairs this thread
+scored in this block (a pair of a parent's final top children always does: fewer than that many
+pairs beat it anywhere). A row's pairs meet distinct parents, so a row reads the running best
+scores as they were before it and adds its own once its candidates have room.
 
-Ceilings, for the benchmark case 4k -> 16k, 200k tokens, L0 64 (8.4e8 co-activations, 2 cores):
-operations: 4 multiply-adds and a compare per co-activation, ~1e9/s per core at best -> ~0.5 s;
-bytes: each co-activation reads 8 bytes of the child's entry and updates 28 bytes of a row held
-in cache (16k x 28 B = 460 KB fits L2), so the core's latency of dependent loads is the limit,
-not DRAM bandwidth. Measured: see the README (`python -m bench.engine`).
+Ceilings, for the benchmark case 65k -> 262k, 200k tokens, L0 64 (4.8e8 co-activations, 1.4e8
+distinct pairs, 2.2e7 stored edges, 2 cores): operations: 4 multiply-adds per co-activation and
+2 square roots, 3 divisions per pair, ~1e9 simple operations/s per core -> ~0.5 s; bytes: each
+co-activation reads 8 bytes of the parent's entry (streamed) and updates 32 bytes of an
+accumulator held in L1/L2, each pair reads one line of its parent's running best (L2), each
+candidate writes 34 bytes once: the latency of the parent's token rows (DRAM) and of the map's
+loads is the limit. Measured: see the README (`python -m bench.engine --cases scale`).
 
 `score_rows.py_func` is the same function uncompiled: the plain reference the tests compare the
 compiled kernel to.
@@ -31,65 +41,53 @@ import numba
 import numpy as np
 import torch
 
-from service.compute import layout, scores
+from service.compute import cpu_ops, layout, scores
 
 _parts = numba.njit(error_model="numpy", cache=True)(scores.parts)
 _above_floor = numba.njit(cache=True)(scores.above_floor)
 
+# Tokens ahead whose parent entries are prefetched (each a likely DRAM miss).
+AHEAD = 4
 
-# One cache line per child latent in each thread's row: ab, aa, bb, n, then the child's running
-# best scores (up to MAX_TOP_PARENTS), so that a co-activation and a pair's scoring touch one line.
-LINE = 8
-MAX_TOP_PARENTS = LINE - 4
+# The most candidates a block's columns are allocated for in one kernel call (virtual memory:
+# only the pages written are used). A block needs at most the sum over its rows of
+# min(co-activations, d_parent); beyond this, rows wait for the next call.
+CALL_CANDIDATES = 1 << 27
 
-
-# Candidates a thread can hold per kernel call, all threads together (a row always fits).
-CALL_CANDIDATES = 1 << 23
+# A block's candidates, column by column, in the dtypes of `scores.DTYPES`, and whether each is
+# among its child's top_parents (exact: a row is whole in a block).
+COLUMNS = {
+    **{name: torch.empty(0, dtype=dtype).numpy().dtype for name, dtype in scores.DTYPES.items()},
+    "child_top": np.dtype(np.bool_),
+}
+# A row's staged candidates: the columns but the child (the row's), and whether each raises its
+# parent's running best scores.
+STAGED = [name for name in COLUMNS if name != "child"] + ["raises"]
 
 
 @dataclass
 class Scratch:
-    """Per-thread working memory, reused across blocks: a row of lines, candidates."""
+    """Per-thread working memory, reused across blocks: the slot map and accumulator of a row,
+    the parents' running best scores, the row's best parents and its staged candidates."""
 
-    lines: np.ndarray  # [threads, d_child, LINE], each line 64-byte aligned
-    touched: np.ndarray  # [threads, d_child]
-    out_row: np.ndarray
-    out_child: np.ndarray
-    out_parts: np.ndarray  # masked_cos, masked_cos_parent, max_ratio, score
-    out_n: np.ndarray
-    out_top: np.ndarray  # among its parent's top_children (exact: a row is whole in a call)
+    slot: np.ndarray  # [threads, d_parent] int32: a parent's place in the accumulator, or -1
+    sums: np.ndarray  # [threads, d_parent, 4]: ab, aa, bb, n of the row's touched parents
+    touched: np.ndarray  # [threads, d_parent] int32
+    best: np.ndarray  # [threads, d_parent, top_children]: each parent's running best scores
+    row_top: np.ndarray  # [threads, top_parents, 3]: score, parent, where it is (see the kernel)
+    staged: dict[str, np.ndarray]  # [threads, d_parent] per name of `STAGED`
 
     @classmethod
-    def new(cls, n_threads: int, d_child: int, capacity: int | None = None) -> Scratch:
-        cap = capacity or max(d_child, CALL_CANDIDATES // n_threads)
-        z = np.zeros
+    def new(cls, n_threads: int, d_parent: int, params: scores.EdgeParams) -> Scratch:
+        dtypes = {**COLUMNS, "raises": np.dtype(np.bool_)}
         return cls(
-            _aligned_lines(n_threads, d_child),
-            z((n_threads, d_child), np.int32),
-            z((n_threads, cap), np.int32),
-            z((n_threads, cap), np.int32),
-            z((n_threads, cap, 4)),
-            z((n_threads, cap), np.int32),
-            z((n_threads, cap), np.bool_),
+            np.full((n_threads, d_parent), -1, np.int32),
+            np.zeros((n_threads, d_parent, 4)),
+            np.zeros((n_threads, d_parent), np.int32),
+            np.zeros((n_threads, d_parent, max(params.top_children, 1))),
+            np.zeros((n_threads, max(params.top_parents, 1), 3)),
+            {name: np.zeros((n_threads, d_parent), dtypes[name]) for name in STAGED},
         )
-
-    @property
-    def capacity(self) -> int:
-        return int(self.out_row.shape[1])
-
-
-def _aligned_lines(n_threads: int, d_child: int) -> np.ndarray:
-    raw = np.zeros(n_threads * d_child * LINE + LINE, np.float64)
-    skip = (-raw.ctypes.data % 64) // 8
-    return raw[skip : skip + n_threads * d_child * LINE].reshape(n_threads, d_child, LINE)
-
-
-# A block's candidates, column by column, in the dtypes of `scores.DTYPES`, and whether each is
-# among its parent's top_children (exact: a row is whole in a call).
-COLUMNS = {
-    **{name: torch.empty(0, dtype=dtype).numpy().dtype for name, dtype in scores.DTYPES.items()},
-    "parent_top": np.dtype(np.bool_),
-}
 
 
 @dataclass
@@ -99,148 +97,116 @@ class Candidates:
     columns: dict[str, np.ndarray]
     n_coactivations: int = 0
     n_pairs: int = 0  # distinct co-active pairs scored
-    size: int = 0
 
     @classmethod
-    def empty(cls, capacity: int) -> Candidates:
-        return cls({k: np.empty(capacity, dt) for k, dt in COLUMNS.items()})
-
-    def reserve(self, capacity: int) -> None:
-        """Room for `capacity` candidates (copies what is there when it grows)."""
-        if capacity <= len(self.columns["parent"]):
-            return
-        for k, col in self.columns.items():
-            new = np.empty(capacity, col.dtype)
-            new[: self.size] = col[: self.size]
-            self.columns[k] = new
-
-    def take(self, scratch: Scratch, thread: int, n: int, row_offset: int) -> None:
-        """Append a thread's n candidates from the scratch (one copy, into the final dtypes)."""
-        if self.size + n > len(self.columns["parent"]):
-            self.reserve(max(2 * len(self.columns["parent"]), self.size + n))
-        at = slice(self.size, self.size + n)
-        c = self.columns
-        np.add(scratch.out_row[thread, :n], row_offset, out=c["parent"][at])
-        c["child"][at] = scratch.out_child[thread, :n]
-        for i, name in enumerate(("masked_cos", "masked_cos_parent", "max_ratio", "score")):
-            c[name][at] = scratch.out_parts[thread, :n, i]
-        c["n_coactive"][at] = scratch.out_n[thread, :n]
-        c["parent_top"][at] = scratch.out_top[thread, :n]
-        self.size += n
+    def join(cls, pieces: list[dict[str, np.ndarray]]) -> Candidates:
+        """The candidates of a block from its calls' columns (no copy where there is one)."""
+        if len(pieces) == 1:
+            return cls(pieces[0])
+        return cls({name: np.concatenate([p[name] for p in pieces]) for name in COLUMNS})
 
     def column(self, name: str) -> np.ndarray:
-        return self.columns[name][: self.size]
+        return self.columns[name]
 
 
 def score_block(
     block: layout.LatentMajor,
-    child: layout.TokenMajor,
+    parent: layout.TokenMajor,
     p_sum_sq: np.ndarray,
     p_max: np.ndarray,
     c_sum_sq: np.ndarray,
     c_max: np.ndarray,
-    floor: float,
-    top_parents: int,
-    top_children: int,
+    params: scores.EdgeParams,
     scratch: Scratch,
     kernel: Callable[..., None] | None = None,
+    call_candidates: int = CALL_CANDIDATES,
 ) -> Candidates:
-    """The candidates of one block, in calls over runs of rows whose candidates cannot exceed
-    a thread's room (a row emits at most the pairs it touched). `kernel`: `score_rows`
-    (default) or its uncompiled `score_rows.py_func`."""
-    if top_parents > MAX_TOP_PARENTS:
-        raise ValueError(
-            f"top_parents {top_parents}: the CPU kernel keeps at most {MAX_TOP_PARENTS}"
-        )
-    if scratch.capacity < child.d_sae:
-        raise ValueError("the scratch must hold at least one row's candidates")
-    kernel = kernel or score_rows
-    scratch.lines[:, :, 4:] = -np.inf  # running best scores start afresh in each block
-    bound = np.minimum(layout.coactivations(block, child), child.d_sae)
-    calls = layout.plan_blocks(bound, scratch.capacity)
-    threads = scratch.out_row.shape[0]
+    """The candidates of a block of child latents: one kernel call, or more where the rows'
+    bound on their candidates exceeds `call_candidates` (rows that find no room wait for the
+    next). `kernel`: `score_rows` (default) or its uncompiled `score_rows.py_func`."""
+    run: Callable[..., None] = kernel or score_rows
+    scratch.best[:] = -np.inf  # running best scores start afresh in each block
+    bound = np.minimum(layout.coactivations(block, parent), parent.d_sae)
+    threads = scratch.slot.shape[0]
     coacts = np.zeros((threads, 2), np.int64)  # co-activations, pairs
     args = (
-        np.asarray(child.indptr),
-        np.asarray(child.indices),
-        np.asarray(child.values),
-        p_sum_sq[block.lo : block.hi].astype(np.float64),
-        p_max[block.lo : block.hi].astype(np.float64),
-        c_sum_sq.astype(np.float64),
-        c_max.astype(np.float64),
-        float(floor),
-        top_parents,
-        top_children,
+        block.lo,
+        block.indptr,
+        block.tokens,
+        block.values,
+        np.asarray(parent.indptr),
+        np.asarray(parent.indices),
+        np.asarray(parent.values),
+        p_sum_sq.astype(np.float64),
+        p_max.astype(np.float64),
+        c_sum_sq[block.lo : block.hi].astype(np.float64),
+        c_max[block.lo : block.hi].astype(np.float64),
+        float(params.store_floor),
+        params.top_parents,
+        params.top_children,
+        scratch.slot,
+        scratch.sums,
+        scratch.touched,
+        scratch.best,
+        scratch.row_top,
+        *(scratch.staged[name] for name in STAGED),
     )
-    found = Candidates.empty(scratch.capacity)
-    for r0, r1 in calls:
-        counts = np.zeros(threads, np.int64)
-        kernel(
-            block.indptr[r0 : r1 + 1],
-            block.tokens,
-            block.values,
-            r0,
-            *args,
-            scratch.lines,
-            scratch.touched,
-            scratch.out_row,
-            scratch.out_child,
-            scratch.out_parts,
-            scratch.out_n,
-            scratch.out_top,
-            counts,
-            coacts,
-        )
-        # Grow once to what the block will need at this rate, not by doubling.
-        done = bound[:r1].sum()
-        found.reserve(int((found.size + counts.sum()) * bound.sum() / max(done, 1) * 1.05))
-        for t, n in enumerate(counts.tolist()):
-            found.take(scratch, t, n, block.lo)
+    pieces = []
+    rows = np.arange(block.hi - block.lo, dtype=np.int64)
+    while len(rows):
+        room = int(min(bound[rows].sum(), max(call_candidates, parent.d_sae)))
+        columns = {name: np.empty(room, dt) for name, dt in COLUMNS.items()}
+        cursor = np.zeros(1, np.int64)
+        waits = np.full(len(rows), -1, np.int64)  # where a row found no room, else -1
+        run(rows, *args, *columns.values(), cursor, waits, coacts)
+        waited = waits >= 0
+        filled = int(waits[waited].min()) if waited.any() else int(cursor[0])
+        pieces.append({name: col[:filled] for name, col in columns.items()})
+        rows = rows[waited]
+    found = Candidates.join(pieces)
     found.n_coactivations = int(coacts[:, 0].sum())
     found.n_pairs = int(coacts[:, 1].sum())
     return found
 
 
 @numba.njit(error_model="numpy", cache=True, nogil=True)
-def _emit(
+def _stage(
     tid: int,
-    r: int,
-    c: int,
-    mc: float,
-    mcp: float,
-    ratio: float,
-    s: float,
+    at: int,
+    p: int,
+    parts: tuple[float, float, float, float],
     count: float,
-    out_row: np.ndarray,
-    out_child: np.ndarray,
-    out_parts: np.ndarray,
-    out_n: np.ndarray,
-    out_top: np.ndarray,
     top: bool,
-    counts: np.ndarray,
-) -> int:
-    slot = counts[tid]
-    out_row[tid, slot] = r
-    out_child[tid, slot] = c
-    out_parts[tid, slot, 0] = mc
-    out_parts[tid, slot, 1] = mcp
-    out_parts[tid, slot, 2] = ratio
-    out_parts[tid, slot, 3] = s
-    out_n[tid, slot] = np.int32(count)
-    out_top[tid, slot] = top
-    counts[tid] = slot + 1
-    return slot
+    raises: bool,
+    st_parent: np.ndarray,
+    st_mc: np.ndarray,
+    st_mcp: np.ndarray,
+    st_ratio: np.ndarray,
+    st_score: np.ndarray,
+    st_n: np.ndarray,
+    st_top: np.ndarray,
+    st_raises: np.ndarray,
+) -> None:
+    st_parent[tid, at] = p
+    st_mc[tid, at] = parts[0]
+    st_mcp[tid, at] = parts[1]
+    st_ratio[tid, at] = parts[2]
+    st_score[tid, at] = parts[3]
+    st_n[tid, at] = np.int32(count)
+    st_top[tid, at] = top
+    st_raises[tid, at] = raises
 
 
 @numba.njit(parallel=True, error_model="numpy", cache=True, nogil=True)
 def score_rows(
-    p_indptr: np.ndarray,
-    p_tokens: np.ndarray,
-    p_values: np.ndarray,
+    rows: np.ndarray,
     row_offset: int,
     c_indptr: np.ndarray,
-    c_indices: np.ndarray,
+    c_tokens: np.ndarray,
     c_values: np.ndarray,
+    p_indptr: np.ndarray,
+    p_indices: np.ndarray,
+    p_values: np.ndarray,
     p_sum_sq: np.ndarray,
     p_max: np.ndarray,
     c_sum_sq: np.ndarray,
@@ -248,136 +214,149 @@ def score_rows(
     floor: float,
     top_parents: int,
     top_children: int,
-    lines_all: np.ndarray,
+    slot_all: np.ndarray,
+    sums_all: np.ndarray,
     touched_all: np.ndarray,
-    out_row: np.ndarray,
+    best_all: np.ndarray,
+    row_top_all: np.ndarray,
+    st_parent: np.ndarray,
+    st_mc: np.ndarray,
+    st_mcp: np.ndarray,
+    st_ratio: np.ndarray,
+    st_score: np.ndarray,
+    st_n: np.ndarray,
+    st_top: np.ndarray,
+    st_raises: np.ndarray,
+    out_parent: np.ndarray,
     out_child: np.ndarray,
-    out_parts: np.ndarray,
+    out_mc: np.ndarray,
+    out_mcp: np.ndarray,
+    out_ratio: np.ndarray,
+    out_score: np.ndarray,
     out_n: np.ndarray,
     out_top: np.ndarray,
-    counts: np.ndarray,
+    cursor: np.ndarray,
+    waits: np.ndarray,
     coacts: np.ndarray,
 ) -> None:
-    """Score rows row_offset + [0, len(p_indptr) - 1) of the block (see the module docstring);
-    candidates go to each thread's out_* arrays, counted in `counts`."""
-    n_rows = len(p_indptr) - 1
-    k_row = max(top_children, 1)
-    for i_row in numba.prange(n_rows):
-        r = i_row + row_offset
+    """Score the block's rows `rows` (see the module docstring) into the out_* columns, from
+    cursor[0] on; a row that finds no room there marks where in `waits` and is left, with no
+    effect, for the next call."""
+    room = len(out_parent)
+    for q in numba.prange(len(rows)):
+        r = rows[q]
         tid = numba.get_thread_id()
-        lines = lines_all[tid]
+        slot = slot_all[tid]
+        sums = sums_all[tid]
         touched = touched_all[tid]
         n_touched = 0
         row_coacts = 0
-        for j in range(p_indptr[i_row], p_indptr[i_row + 1]):
-            t = p_tokens[j]
-            a = np.float64(p_values[j])
-            a2 = a * a
-            lo, hi = c_indptr[t], c_indptr[t + 1]
+        first, last = c_indptr[r], c_indptr[r + 1]
+        for j in range(first, last):
+            if j + AHEAD < last:
+                ahead = p_indptr[c_tokens[j + AHEAD]]
+                cpu_ops.prefetch(p_indices, ahead)
+                cpu_ops.prefetch(p_values, ahead)
+            t = c_tokens[j]
+            b = np.float64(c_values[j])
+            b2 = b * b
+            lo, hi = p_indptr[t], p_indptr[t + 1]
             row_coacts += hi - lo
             for e in range(lo, hi):
-                c = c_indices[e]
-                b = np.float64(c_values[e])
-                line = lines[c]
-                if line[3] == 0.0:
-                    touched[n_touched] = c
+                p = p_indices[e]
+                a = np.float64(p_values[e])
+                s = slot[p]
+                if s < 0:  # the row's first co-activation with this parent
+                    s = n_touched
+                    slot[p] = s
+                    touched[s] = p
                     n_touched += 1
-                line[0] += a * b
-                line[1] += a2
-                line[2] += b * b
-                line[3] += 1.0
-        coacts[tid, 0] += row_coacts  # once per row: the threads' counters share a cache line
-        coacts[tid, 1] += n_touched
-        # The row's best children so far (score desc, child asc) with their parts; a pair that
-        # enters and is not emitted for another reason is emitted after the row.
-        top_s = np.full(k_row, -np.inf)
-        top_c = np.full(k_row, -1, np.int64)
-        top_p = np.zeros((k_row, 5))
-        top_slot = np.full(k_row, -1, np.int64)  # where it was emitted, -1: not yet
+                    sums[s, 0] = a * b
+                    sums[s, 1] = a * a
+                    sums[s, 2] = b2
+                    sums[s, 3] = 1.0
+                else:
+                    sums[s, 0] += a * b
+                    sums[s, 1] += a * a
+                    sums[s, 2] += b2
+                    sums[s, 3] += 1.0
+        # The row's best parents so far (score desc, parent asc) and where each is: its staged
+        # place, or -(its place in the accumulator + 2) while it is not staged.
+        top = row_top_all[tid]
+        top[:, 0] = -np.inf
+        top[:, 1] = -1.0
+        best = best_all[tid]
+        n = 0
         for i in range(n_touched):
-            c = touched[i]
-            line = lines[c]
-            mc, mcp, ratio, s = _parts(
-                line[0], line[1], line[2], p_sum_sq[r], c_sum_sq[c], p_max[r], c_max[c]
+            p = touched[i]
+            slot[p] = -1
+            parts = _parts(
+                sums[i, 0], sums[i, 1], sums[i, 2], p_sum_sq[p], c_sum_sq[r], p_max[p], c_max[r]
             )
-            count = line[3]
-            line[0] = 0.0
-            line[1] = 0.0
-            line[2] = 0.0
-            line[3] = 0.0
-            if not np.isfinite(s):
+            mc, mcp, _ratio, score = parts
+            if not np.isfinite(score):
                 continue
-            keep = _above_floor(s, max(mc, mcp), floor)  # max(...): mcs, as in Edges.mcs
-            if top_parents > 0 and s >= line[3 + top_parents]:
-                keep = True  # among the child's best parents this thread has seen
-                pos = top_parents - 1
-                while pos > 0 and s > line[3 + pos]:
-                    line[4 + pos] = line[3 + pos]
-                    pos -= 1
-                line[4 + pos] = s
-            slot = -1
-            if keep:
-                slot = _emit(
-                    tid,
-                    r,
-                    c,
-                    mc,
-                    mcp,
-                    ratio,
-                    s,
-                    count,
-                    out_row,
-                    out_child,
-                    out_parts,
-                    out_n,
-                    out_top,
-                    False,
-                    counts,
-                )
-            if top_children > 0:
-                pos = k_row
+            keep = _above_floor(score, max(mc, mcp), floor)  # max(...): mcs, as in Edges.mcs
+            raises = top_children > 0 and score >= best[p, top_children - 1]
+            at = -(i + 2)
+            if keep or raises:
+                _stage(
+                    tid, n, p, parts, sums[i, 3], False, raises,
+                    st_parent, st_mc, st_mcp, st_ratio, st_score, st_n, st_top, st_raises,
+                )  # fmt: skip
+                at = n
+                n += 1
+            if top_parents > 0:
+                pos = top_parents
                 while pos > 0 and (
-                    s > top_s[pos - 1] or (s == top_s[pos - 1] and c < top_c[pos - 1])
+                    score > top[pos - 1, 0] or (score == top[pos - 1, 0] and p < top[pos - 1, 1])
                 ):
                     pos -= 1
-                if pos < k_row:
-                    for q in range(k_row - 1, pos, -1):
-                        top_s[q] = top_s[q - 1]
-                        top_c[q] = top_c[q - 1]
-                        top_p[q] = top_p[q - 1]
-                        top_slot[q] = top_slot[q - 1]
-                    top_s[pos] = s
-                    top_c[pos] = c
-                    top_p[pos, 0] = mc
-                    top_p[pos, 1] = mcp
-                    top_p[pos, 2] = ratio
-                    top_p[pos, 3] = s
-                    top_p[pos, 4] = count
-                    top_slot[pos] = slot
-        if top_children > 0:
-            for q in range(k_row):
-                if top_c[q] < 0:
-                    continue
-                if top_slot[q] >= 0:
-                    out_top[tid, top_slot[q]] = True
-                else:
-                    _emit(
-                        tid,
-                        r,
-                        top_c[q],
-                        top_p[q, 0],
-                        top_p[q, 1],
-                        top_p[q, 2],
-                        top_p[q, 3],
-                        top_p[q, 4],
-                        out_row,
-                        out_child,
-                        out_parts,
-                        out_n,
-                        out_top,
-                        True,
-                        counts,
-                    )
+                if pos < top_parents:
+                    for k in range(top_parents - 1, pos, -1):
+                        top[k] = top[k - 1]
+                    top[pos, 0] = score
+                    top[pos, 1] = p
+                    top[pos, 2] = at
+        for k in range(top_parents):
+            if top[k, 1] < 0:
+                continue
+            at = int(top[k, 2])
+            if at >= 0:
+                st_top[tid, at] = True
+                continue
+            i, p = -at - 2, int(top[k, 1])
+            parts = _parts(
+                sums[i, 0], sums[i, 1], sums[i, 2], p_sum_sq[p], c_sum_sq[r], p_max[p], c_max[r]
+            )
+            _stage(
+                tid, n, p, parts, sums[i, 3], True, False,
+                st_parent, st_mc, st_mcp, st_ratio, st_score, st_n, st_top, st_raises,
+            )  # fmt: skip
+            n += 1
+        if n > 0:
+            start = cpu_ops.fetch_add(cursor, 0, n)
+            if start + n > room:  # no room in this call: nothing of the row is kept
+                waits[q] = start
+                continue
+            for k in range(n):
+                out_parent[start + k] = st_parent[tid, k]
+                out_child[start + k] = r + row_offset
+                out_mc[start + k] = st_mc[tid, k]
+                out_mcp[start + k] = st_mcp[tid, k]
+                out_ratio[start + k] = st_ratio[tid, k]
+                out_score[start + k] = st_score[tid, k]
+                out_n[start + k] = st_n[tid, k]
+                out_top[start + k] = st_top[tid, k]
+                if st_raises[tid, k]:  # among the parent's best children this thread has seen
+                    p, score = st_parent[tid, k], st_score[tid, k]
+                    pos = top_children - 1
+                    while pos > 0 and score > best[p, pos - 1]:
+                        best[p, pos] = best[p, pos - 1]
+                        pos -= 1
+                    best[p, pos] = score
+        coacts[tid, 0] += row_coacts  # once per row: the threads' counters share a cache line
+        coacts[tid, 1] += n_touched
 
 
 @numba.njit(parallel=True, cache=True)

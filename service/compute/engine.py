@@ -1,16 +1,17 @@
 """Score every edge between a parent sae and a child sae, in work proportional to their
 co-activations and memory proportional to a block of latents times d_sae.
 
-The parent's latents are cut into consecutive blocks. A block is gathered latent-major (one
-counting pass over the parent's entries), then each of its latents walks its active tokens and,
-for each, the child latents active there (the child read token-major, in place from the store):
-sparse Gustavson. Blocks never share an output row, so they are the unit that goes to threads,
-devices and Ray tasks; each emits candidates (`scores.candidates`), and `scores.finalize` picks
-the stored edges among all of them exactly.
+One sae's latents (the rows) are cut into consecutive blocks. A block is gathered latent-major
+(one counting pass over that sae's entries), then each of its latents walks its active tokens
+and, for each, the other sae's latents active there (read token-major, in place from the
+store): sparse Gustavson. Blocks never share an output row, so they are the unit that goes to
+threads, devices and Ray tasks; each emits candidates, and `scores.finalize` picks the stored
+edges among all of them exactly.
 
-Backends, one algorithm: `numba` (the compiled CPU kernel, all cores), `triton` (the fused GPU
-kernel; on the CPU only under TRITON_INTERPRET=1, for tests) and `torch` (plain torch on any
-device, the fallback).
+Backends, one algorithm: `numba` (the compiled CPU kernel, all cores; rows are the child's
+latents, so that its per-thread scratch is as wide as the narrower parent), `triton` (the fused
+GPU kernel; on the CPU only under TRITON_INTERPRET=1, for tests) and `torch` (plain torch on any
+device, the fallback); both GPU paths keep dense rows of the parent's latents.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 BACKENDS = ("auto", "numba", "triton", "torch")
+# Whose latents a backend's blocks cut: its rows.
+ROWS = {"numba": "child", "triton": "parent", "torch": "parent"}
 # Bytes per entry of a block gathered latent-major (token int32 + value float32), with slack.
 _BYTES_PER_BLOCK_ENTRY = 16
 # Bytes per pair of the dense rows of the torch and triton paths (ab, aa, bb, n).
@@ -51,7 +54,7 @@ class PairResult:
     child_stats: stats_.LatentStats
     n_coactivations: int
     n_pairs: int  # distinct co-active pairs, each scored once
-    blocks: list[tuple[int, int]]
+    blocks: list[tuple[int, int]]  # of the rows' latents (`ROWS`: the child's on the CPU)
     seconds: float
     backend: str
     phases: dict[str, float]  # seconds per phase (`Clock`)
@@ -177,18 +180,18 @@ def score_pair(
     with clock.phase("layout"):
         parent_rows = layout.token_major(parent, chunk_tokens)
         child_rows = layout.token_major(child, chunk_tokens)
-        parent_nnz = layout.block_nnz(parent_rows)
+        row_nnz = layout.block_nnz(child_rows if ROWS[kind] == "child" else parent_rows)
 
     max_entries = max_block_entries or max(1, budget // (4 * _BYTES_PER_BLOCK_ENTRY))
     if runner is not None:  # enough blocks to keep every task slot busy
-        max_entries = min(max_entries, max(1, -(-int(parent_nnz.sum()) // (2 * runner.slots()))))
+        max_entries = min(max_entries, max(1, -(-int(row_nnz.sum()) // (2 * runner.slots()))))
     rows_cap = max_block_rows
     if kind != "numba":
         dense_rows = budget // (2 * _BYTES_PER_ROW_PAIR * max(child.d_sae, 1))
         if dense_rows < 1:
             raise ValueError(f"memory budget of {budget} bytes is too small for one row")
         rows_cap = min(rows_cap or dense_rows, dense_rows)
-    blocks = layout.plan_blocks(parent_nnz, max_entries, rows_cap)
+    blocks = layout.plan_blocks(row_nnz, max_entries, rows_cap)
 
     pair = Pair(
         _as_laid(parent, parent_rows),
@@ -212,9 +215,10 @@ def score_pair(
         raise RuntimeError(f"{len(blocks) - len(found)} of {len(blocks)} blocks were not scored")
     with clock.phase("finalize"):
         tops = [top for _c, top, _n, _p in found]
-        known = [t for t in tops if t is not None]
-        top = torch.cat(known) if len(known) == len(tops) else None
-        edges = scores_.finalize(scores_.Edges.concat([c for c, *_ in found]), params, top)
+        given = [t for t in tops if t is not None]
+        top = torch.cat(given) if len(given) == len(tops) else None
+        known = {f"{ROWS[kind]}_top": top}  # a row's pairs are all in its block
+        edges = scores_.finalize(scores_.Edges.concat([c for c, *_ in found]), params, **known)
     return PairResult(
         edges,
         parent_stats,
@@ -245,8 +249,8 @@ class Pair:
     chunk_tokens: int
 
 
-# A block's result: candidate edges, which are among their parent's top children (None:
-# `finalize` ranks them), co-activations and distinct co-active pairs.
+# A block's result: candidate edges, which are among their row latent's best (None: `finalize`
+# ranks them), co-activations and distinct co-active pairs.
 BlockResult = tuple[scores_.Edges, torch.Tensor | None, int, int]
 
 
@@ -315,28 +319,19 @@ class Work:
 def _numba_blocks(w: Work) -> BlockResults:
     if w.dev.type != "cpu":
         raise ValueError(f"the numba backend runs on the CPU, not {w.dev}")
-    scratch = cpu_kernel.Scratch.new(numba.get_num_threads(), w.child.d_sae)
+    scratch = cpu_kernel.Scratch.new(numba.get_num_threads(), w.parent.d_sae, w.params)
     p_sum_sq, p_max = w.parent_stats.sum_sq.numpy(), w.parent_stats.max_act.numpy()
     c_sum_sq, c_max = w.child_stats.sum_sq.numpy(), w.child_stats.max_act.numpy()
     for lo, hi in w.blocks:
         with w.clock.phase("gather"):
-            block = layout.latent_major(w.parent, lo, hi)
+            block = layout.latent_major(w.child, lo, hi)
         # Rows differ in cost: numba hands them out dynamically.
         with w.clock.phase("sums"), numba.parallel_chunksize(8):
             found = cpu_kernel.score_block(
-                block,
-                w.child,
-                p_sum_sq,
-                p_max,
-                c_sum_sq,
-                c_max,
-                w.params.store_floor,
-                w.params.top_parents,
-                w.params.top_children,
-                scratch,
+                block, w.parent, p_sum_sq, p_max, c_sum_sq, c_max, w.params, scratch
             )
         edges = scores_.Edges.of(*(found.column(f) for f in scores_.DTYPES))
-        top = torch.from_numpy(found.column("parent_top"))
+        top = torch.from_numpy(found.column("child_top"))
         yield edges, top, found.n_coactivations, found.n_pairs
 
 

@@ -196,21 +196,30 @@ def _kth_best(group: Tensor, score: Tensor, k: int) -> Tensor:
     return bound[g]
 
 
-def finalize(candidates: Edges, params: EdgeParams, parent_top: Tensor | None = None) -> Edges:
+def finalize(
+    candidates: Edges,
+    params: EdgeParams,
+    parent_top: Tensor | None = None,
+    child_top: Tensor | None = None,
+) -> Edges:
     """The stored edges among candidates (a superset of them, each pair at most once): above
     the floor, or among a child's `top_parents` best by score (ties: lowest parent index), or
-    among a parent's `top_children` best (ties: lowest child index; `parent_top` when the
-    blocks knew it already: a parent's pairs are all in one block); in the candidates' order
-    (`Edges.sorted` orders them). On the CPU, compiled: candidates number tens of millions."""
+    among a parent's `top_children` best (ties: lowest child index); `parent_top` / `child_top`
+    where the blocks knew them already (a block holds all the pairs of its rows' latents); in
+    the candidates' order (`Edges.sorted` orders them). On the CPU, compiled: candidates number
+    tens of millions."""
     c = candidates.cpu()
     finite = torch.isfinite(c.score)
     if not bool(finite.all()):
         c = c.select(finite)
         parent_top = None if parent_top is None else parent_top[finite]
+        child_top = None if child_top is None else child_top[finite]
     if parent_top is None:
         parent_top = _top(c.parent, c.score, c.child, params.top_children)
+    if child_top is None:
+        child_top = _top(c.child, c.score, c.parent, params.top_parents)
     keep = above_floor(c.score, c.mcs, params.store_floor)
-    keep |= _top(c.child, c.score, c.parent, params.top_parents)
+    keep |= child_top
     keep |= parent_top
     return c.compact(keep)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.compute import chunks, cpu_kernel, layout, stats
+from service.compute import chunks, cpu_kernel, cpu_ops, layout, scores, stats
 from tests.unit.test_engine import sparse_matrix
 
 
@@ -22,21 +22,21 @@ def _candidates(
         stats.latent_stats(c_src, device="cpu"),
     )
     p_rows, c_rows = layout.token_major(p_src), layout.token_major(c_src)
-    block = layout.latent_major(p_rows, 0, p_rows.d_sae)
+    block = layout.latent_major(c_rows, 0, c_rows.d_sae)
     threads = numba.get_num_threads() if compiled else 1
-    scratch = cpu_kernel.Scratch.new(threads, c_rows.d_sae, c_rows.d_sae)  # tiny: many calls
+    params = scores.EdgeParams(store_floor=floor)
+    scratch = cpu_kernel.Scratch.new(threads, p_rows.d_sae, params)
     found = cpu_kernel.score_block(
         block,
-        c_rows,
+        p_rows,
         p_stats.sum_sq.numpy(),
         p_stats.max_act.numpy(),
         c_stats.sum_sq.numpy(),
         c_stats.max_act.numpy(),
-        floor,
-        3,
-        3,
+        params,
         scratch,
         kernel=cpu_kernel.score_rows if compiled else cpu_kernel.score_rows.py_func,
+        call_candidates=1,  # room for one row per call: rows wait, calls repeat
     )
     return found
 
@@ -80,5 +80,25 @@ def test_adversarial_rows_equal_the_python_function() -> None:
     assert compiled.keys() == plain.keys()
     for key in compiled:
         assert compiled[key] == pytest.approx(plain[key], rel=1e-12)
-    # Parent 0 keeps its top 3 children by (score, lowest index) among the 5 tied ones.
+    # Parent 0 keeps its top 3 children by (score, lowest index) among the 5 tied ones: the
+    # running best keeps ties, so all five are candidates and `finalize` ranks them.
     assert {c for p, c in compiled if p == 0} >= {0, 1, 2}
+
+
+@numba.njit(parallel=True)
+def _count_up(cursor: np.ndarray, olds: np.ndarray) -> None:
+    for i in numba.prange(len(olds)):
+        olds[i] = cpu_ops.fetch_add(cursor, 0, 3)
+
+
+def test_fetch_add_is_atomic_across_threads() -> None:
+    """Every thread's add lands and every caller gets its own slot: what the kernel's room
+    for candidates rests on."""
+    cursor = np.zeros(1, np.int64)
+    olds = np.zeros(200_000, np.int64)
+    _count_up(cursor, olds)
+    assert cursor[0] == 3 * len(olds)
+    assert np.array_equal(np.sort(olds), 3 * np.arange(len(olds)))
+    # The uncompiled function (the kernel's reference) does the same, one caller at a time.
+    plain = np.zeros(1, np.int64)
+    assert [cpu_ops.fetch_add(plain, 0, 2) for _ in range(3)] == [0, 2, 4]
