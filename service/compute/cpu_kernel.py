@@ -4,8 +4,9 @@ Sparse Gustavson, one child latent (a row) at a time, rows spread over threads: 
 active tokens (latent-major), and for each the parent latents active on that token (token-major,
 read in place; a few tokens ahead prefetched), accumulating the four sums of each parent the row
 meets in the thread's compact accumulator (float64), found through a parent-wide slot map. Then
-only those pairs are scored (`scores.parts`), the row's candidates are staged, given room in the
-block's columns by one atomic add, and copied there: each candidate is written once, in place.
+only those pairs are scored (`scores.parts`), the row's candidates are staged and copied into the
+block's columns, each written once, in place: a thread fills stretches of the columns of its own
+(taken by an atomic add), so that no two threads fault in the same fresh pages.
 Work follows the co-activations; memory is the block's entries and candidates plus, per thread,
 a few arrays of d_sae(parent).
 
@@ -51,8 +52,12 @@ AHEAD = 4
 
 # The most candidates a block's columns are allocated for in one kernel call (virtual memory:
 # only the pages written are used). A block needs at most the sum over its rows of
-# min(co-activations, d_parent); beyond this, rows wait for the next call.
+# min(co-activations, d_parent), and a stretch per thread; beyond this, rows wait for the next
+# call.
 CALL_CANDIDATES = 1 << 27
+
+# Candidates in the stretch of the columns a thread takes at a time (2 MB of scores: a huge page).
+STRETCH = 1 << 18
 
 # A block's candidates, column by column, in the dtypes of `scores.DTYPES`, and whether each is
 # among its child's top_parents (exact: a row is whole in a block).
@@ -92,7 +97,9 @@ class Scratch:
 
 @dataclass
 class Candidates:
-    """A block's candidate pairs (latent indices, score parts, counts) and what they cost."""
+    """A block's candidate pairs (latent indices, score parts, counts) and what they cost. The
+    ends of the threads' stretches are unused places (score NaN, parent and child 0, not top),
+    which `scores.finalize` drops with the pairs it does not keep."""
 
     columns: dict[str, np.ndarray]
     n_coactivations: int = 0
@@ -120,10 +127,12 @@ def score_block(
     scratch: Scratch,
     kernel: Callable[..., None] | None = None,
     call_candidates: int = CALL_CANDIDATES,
+    stretch_candidates: int = STRETCH,
 ) -> Candidates:
     """The candidates of a block of child latents: one kernel call, or more where the rows'
     bound on their candidates exceeds `call_candidates` (rows that find no room wait for the
-    next). `kernel`: `score_rows` (default) or its uncompiled `score_rows.py_func`."""
+    next); a thread takes `stretch_candidates` places at a time. `kernel`: `score_rows`
+    (default) or its uncompiled `score_rows.py_func`."""
     run: Callable[..., None] = kernel or score_rows
     scratch.best[:] = -np.inf  # running best scores start afresh in each block
     bound = np.minimum(layout.coactivations(block, parent), parent.d_sae)
@@ -154,11 +163,15 @@ def score_block(
     pieces = []
     rows = np.arange(block.hi - block.lo, dtype=np.int64)
     while len(rows):
-        room = int(min(bound[rows].sum(), max(call_candidates, parent.d_sae)))
+        need = int(bound[rows].sum()) + threads * (stretch_candidates + parent.d_sae)
+        room = min(need, max(call_candidates, stretch_candidates, parent.d_sae))
         columns = {name: np.empty(room, dt) for name, dt in COLUMNS.items()}
         cursor = np.zeros(1, np.int64)
+        stretch = np.zeros((threads, 2), np.int64)  # each thread's next place and end
         waits = np.full(len(rows), -1, np.int64)  # where a row found no room, else -1
-        run(rows, *args, *columns.values(), cursor, waits, coacts)
+        run(rows, *args, *columns.values(), stretch_candidates, cursor, stretch, waits, coacts)
+        for at, end in stretch.tolist():
+            _unused(columns, at, end)
         waited = waits >= 0
         filled = int(waits[waited].min()) if waited.any() else int(cursor[0])
         pieces.append({name: col[:filled] for name, col in columns.items()})
@@ -167,6 +180,22 @@ def score_block(
     found.n_coactivations = int(coacts[:, 0].sum())
     found.n_pairs = int(coacts[:, 1].sum())
     return found
+
+
+def _unused(columns: dict[str, np.ndarray], at: int, end: int) -> None:
+    """Mark places [at, end) of a block's columns unused (see `Candidates`)."""
+    _mark_unused(columns["parent"], columns["child"], columns["score"], columns["child_top"], at, end)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mark_unused(
+    parent: np.ndarray, child: np.ndarray, score: np.ndarray, top: np.ndarray, at: int, end: int
+) -> None:
+    for k in range(at, end):
+        parent[k] = 0
+        child[k] = 0
+        score[k] = np.nan
+        top[k] = False
 
 
 @numba.njit(error_model="numpy", cache=True, nogil=True)
@@ -235,13 +264,16 @@ def score_rows(
     out_score: np.ndarray,
     out_n: np.ndarray,
     out_top: np.ndarray,
+    stretch_size: int,
     cursor: np.ndarray,
+    stretch: np.ndarray,
     waits: np.ndarray,
     coacts: np.ndarray,
 ) -> None:
-    """Score the block's rows `rows` (see the module docstring) into the out_* columns, from
-    cursor[0] on; a row that finds no room there marks where in `waits` and is left, with no
-    effect, for the next call."""
+    """Score the block's rows `rows` (see the module docstring) into the out_* columns: each
+    thread fills its stretch [stretch[tid, 0], stretch[tid, 1]) and takes the next at cursor[0];
+    a row that finds no room marks where in `waits` and is left, with no effect, for the next
+    call."""
     room = len(out_parent)
     for q in numba.prange(len(rows)):
         r = rows[q]
@@ -335,10 +367,17 @@ def score_rows(
             )  # fmt: skip
             n += 1
         if n > 0:
-            start = cpu_ops.fetch_add(cursor, 0, n)
-            if start + n > room:  # no room in this call: nothing of the row is kept
-                waits[q] = start
-                continue
+            start, end = stretch[tid, 0], stretch[tid, 1]
+            if start + n > end:  # a new stretch; the rest of this one stays unused
+                size = max(stretch_size, n)
+                taken = cpu_ops.fetch_add(cursor, 0, size)
+                if taken + size > room:  # no room in this call: nothing of the row is kept
+                    waits[q] = taken
+                    continue
+                _mark_unused(out_parent, out_child, out_score, out_top, start, end)
+                start = taken
+                stretch[tid, 1] = taken + size
+            stretch[tid, 0] = start + n
             for k in range(n):
                 out_parent[start + k] = st_parent[tid, k]
                 out_child[start + k] = r + row_offset

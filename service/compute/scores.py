@@ -209,18 +209,19 @@ def finalize(
     the candidates' order (`Edges.sorted` orders them). On the CPU, compiled: candidates number
     tens of millions."""
     c = candidates.cpu()
+    # A pair whose score is not finite is no edge (nor is an unused place of the CPU kernel's,
+    # score NaN). A NaN takes no rank, so the ranks are taken over all (no copy of tens of
+    # millions of rows) and such pairs are dropped last.
     finite = torch.isfinite(c.score)
-    if not bool(finite.all()):
-        c = c.select(finite)
-        parent_top = None if parent_top is None else parent_top[finite]
-        child_top = None if child_top is None else child_top[finite]
+    rank = torch.where(finite, c.score, torch.nan) if bool(torch.isinf(c.score).any()) else c.score
     if parent_top is None:
-        parent_top = _top(c.parent, c.score, c.child, params.top_children)
+        parent_top = _top(c.parent, rank, c.child, params.top_children)
     if child_top is None:
-        child_top = _top(c.child, c.score, c.parent, params.top_parents)
+        child_top = _top(c.child, rank, c.parent, params.top_parents)
     keep = above_floor(c.score, c.mcs, params.store_floor)
     keep |= child_top
     keep |= parent_top
+    keep &= finite
     return c.compact(keep)
 
 

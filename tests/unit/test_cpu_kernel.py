@@ -36,15 +36,17 @@ def _candidates(
         params,
         scratch,
         kernel=cpu_kernel.score_rows if compiled else cpu_kernel.score_rows.py_func,
-        call_candidates=1,  # room for one row per call: rows wait, calls repeat
+        call_candidates=1,  # room for a row or two per call: rows wait, calls repeat
+        stretch_candidates=2,  # and threads take new stretches often
     )
     return found
 
 
 def _as_dict(found: cpu_kernel.Candidates) -> dict[tuple[int, int], tuple]:
+    used = np.isfinite(found.column("score"))  # not an unused place
     return {
         (int(row[0]), int(row[1])): tuple(float(v) for v in row[2:])
-        for row in zip(*(found.column(name) for name in cpu_kernel.COLUMNS), strict=True)
+        for row in zip(*(found.column(name)[used] for name in cpu_kernel.COLUMNS), strict=True)
     }
 
 
