@@ -184,7 +184,8 @@ def score_block(
 
 def _unused(columns: dict[str, np.ndarray], at: int, end: int) -> None:
     """Mark places [at, end) of a block's columns unused (see `Candidates`)."""
-    _mark_unused(columns["parent"], columns["child"], columns["score"], columns["child_top"], at, end)
+    c = columns
+    _mark_unused(c["parent"], c["child"], c["score"], c["child_top"], at, end)
 
 
 @numba.njit(cache=True, nogil=True)
