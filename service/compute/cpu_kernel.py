@@ -4,11 +4,10 @@ Sparse Gustavson, one child latent (a row) at a time, rows spread over threads: 
 active tokens (latent-major), and for each the parent latents active on that token (token-major,
 read in place; a few tokens ahead prefetched), accumulating the four sums of each parent the row
 meets in the thread's compact accumulator (float64), found through a parent-wide slot map. Then
-only those pairs are scored (`scores.parts`), the row's candidates are staged and copied into the
-block's columns, each written once, in place: a thread fills stretches of the columns of its own
-(taken by an atomic add), so that no two threads fault in the same fresh pages.
-Work follows the co-activations; memory is the block's entries and candidates plus, per thread,
-a few arrays of d_sae(parent).
+only those pairs are scored (`scores.parts`) and the row's candidates are written, once, into
+the block's columns: each thread fills stretches of its own (taken by an atomic add), so that
+no two threads fault in the same fresh pages. Work follows the co-activations; memory is the
+block's entries and candidates plus, per thread, a few arrays of d_sae(parent).
 
 Rows are the child's latents because a family's parent is the narrower sae: the random accesses
 of every co-activation then land in a map a quarter the size (256 KB at 65k -> 262k: the core's
@@ -18,16 +17,16 @@ Candidates (a superset of the stored edges; `scores.finalize` picks them exactly
 the floor; the row's `top_parents` best (exact: a row is whole in a block); and a pair whose
 score reaches its parent's running `top_children`-th best score among the pairs this thread
 scored in this block (a pair of a parent's final top children always does: fewer than that many
-pairs beat it anywhere). A row's pairs meet distinct parents, so a row reads the running best
-scores as they were before it and adds its own once its candidates have room.
+pairs beat it anywhere).
 
-Ceilings, for the benchmark case 65k -> 262k, 200k tokens, L0 64 (4.8e8 co-activations, 1.4e8
-distinct pairs, 2.2e7 stored edges, 2 cores): operations: 4 multiply-adds per co-activation and
-2 square roots, 3 divisions per pair, ~1e9 simple operations/s per core -> ~0.5 s; bytes: each
-co-activation reads 8 bytes of the parent's entry (streamed) and updates 32 bytes of an
-accumulator held in L1/L2, each pair reads one line of its parent's running best (L2), each
-candidate writes 34 bytes once: the latency of the parent's token rows (DRAM) and of the map's
-loads is the limit. Measured: see the README (`python -m bench.engine --cases scale`).
+Ceilings, for the benchmark case 65k -> 262k, 200k tokens, L0 64 (4.8e8 co-activations from
+1.3e7 token visits, 1.4e8 distinct pairs, 2.3e7 candidates, 2 cores): operations: 4
+multiply-adds per co-activation, 2 square roots and 3 divisions per pair, ~1e9 simple
+operations/s per core -> ~0.5 s; bytes: each token visit reads a parent token row (512 bytes at
+a random place: DRAM, prefetched), each co-activation a 4-byte slot (L2) and 32 bytes of
+accumulator (L1), each pair its parent's statistics and running threshold, each candidate
+writes 34 bytes once (fresh pages): the latency of the token rows and of the slot loads is the
+limit. Measured: see the README (`python -m bench.engine --cases scale`).
 
 `score_rows.py_func` is the same function uncompiled: the plain reference the tests compare the
 compiled kernel to.
@@ -65,33 +64,29 @@ COLUMNS = {
     **{name: torch.empty(0, dtype=dtype).numpy().dtype for name, dtype in scores.DTYPES.items()},
     "child_top": np.dtype(np.bool_),
 }
-# A row's staged candidates: the columns but the child (the row's), and whether each raises its
-# parent's running best scores.
-STAGED = [name for name in COLUMNS if name != "child"] + ["raises"]
 
 
 @dataclass
 class Scratch:
     """Per-thread working memory, reused across blocks: the slot map and accumulator of a row,
-    the parents' running best scores, the row's best parents and its staged candidates."""
+    the parents' running best scores and the row's best parents."""
 
     slot: np.ndarray  # [threads, d_parent] int32: a parent's place in the accumulator, or -1
     sums: np.ndarray  # [threads, d_parent, 4]: ab, aa, bb, n of the row's touched parents
     touched: np.ndarray  # [threads, d_parent] int32
     best: np.ndarray  # [threads, d_parent, top_children]: each parent's running best scores
+    reach: np.ndarray  # [threads, d_parent] float32: at most its running top_children-th best
     row_top: np.ndarray  # [threads, top_parents, 3]: score, parent, where it is (see the kernel)
-    staged: dict[str, np.ndarray]  # [threads, d_parent] per name of `STAGED`
 
     @classmethod
     def new(cls, n_threads: int, d_parent: int, params: scores.EdgeParams) -> Scratch:
-        dtypes = {**COLUMNS, "raises": np.dtype(np.bool_)}
         return cls(
             np.full((n_threads, d_parent), -1, np.int32),
             np.zeros((n_threads, d_parent, 4)),
             np.zeros((n_threads, d_parent), np.int32),
             np.zeros((n_threads, d_parent, max(params.top_children, 1))),
+            np.zeros((n_threads, d_parent), np.float32),
             np.zeros((n_threads, max(params.top_parents, 1), 3)),
-            {name: np.zeros((n_threads, d_parent), dtypes[name]) for name in STAGED},
         )
 
 
@@ -135,6 +130,7 @@ def score_block(
     (default) or its uncompiled `score_rows.py_func`."""
     run: Callable[..., None] = kernel or score_rows
     scratch.best[:] = -np.inf  # running best scores start afresh in each block
+    scratch.reach[:] = -np.inf
     bound = np.minimum(layout.coactivations(block, parent), parent.d_sae)
     threads = scratch.slot.shape[0]
     coacts = np.zeros((threads, 2), np.int64)  # co-activations, pairs
@@ -146,8 +142,7 @@ def score_block(
         np.asarray(parent.indptr),
         np.asarray(parent.indices),
         np.asarray(parent.values),
-        p_sum_sq.astype(np.float64),
-        p_max.astype(np.float64),
+        np.stack([p_sum_sq, p_max], axis=1).astype(np.float64),  # a pair reads one line
         c_sum_sq[block.lo : block.hi].astype(np.float64),
         c_max[block.lo : block.hi].astype(np.float64),
         float(params.store_floor),
@@ -157,8 +152,8 @@ def score_block(
         scratch.sums,
         scratch.touched,
         scratch.best,
+        scratch.reach,
         scratch.row_top,
-        *(scratch.staged[name] for name in STAGED),
     )
     pieces = []
     rows = np.arange(block.hi - block.lo, dtype=np.int64)
@@ -199,32 +194,40 @@ def _mark_unused(
         top[k] = False
 
 
+@numba.njit(cache=True, nogil=True)
+def _float32_below(x: float) -> np.float32:
+    """The float32 nearest x from below: a threshold that keeps every pair the exact one does."""
+    t = np.float32(x)
+    if t > x:
+        t = np.nextafter(t, np.float32(-np.inf))
+    return t
+
+
 @numba.njit(error_model="numpy", cache=True, nogil=True)
-def _stage(
-    tid: int,
+def _write(
     at: int,
     p: int,
+    child: int,
     parts: tuple[float, float, float, float],
     count: float,
     top: bool,
-    raises: bool,
-    st_parent: np.ndarray,
-    st_mc: np.ndarray,
-    st_mcp: np.ndarray,
-    st_ratio: np.ndarray,
-    st_score: np.ndarray,
-    st_n: np.ndarray,
-    st_top: np.ndarray,
-    st_raises: np.ndarray,
+    out_parent: np.ndarray,
+    out_child: np.ndarray,
+    out_mc: np.ndarray,
+    out_mcp: np.ndarray,
+    out_ratio: np.ndarray,
+    out_score: np.ndarray,
+    out_n: np.ndarray,
+    out_top: np.ndarray,
 ) -> None:
-    st_parent[tid, at] = p
-    st_mc[tid, at] = parts[0]
-    st_mcp[tid, at] = parts[1]
-    st_ratio[tid, at] = parts[2]
-    st_score[tid, at] = parts[3]
-    st_n[tid, at] = np.int32(count)
-    st_top[tid, at] = top
-    st_raises[tid, at] = raises
+    out_parent[at] = p
+    out_child[at] = child
+    out_mc[at] = parts[0]
+    out_mcp[at] = parts[1]
+    out_ratio[at] = parts[2]
+    out_score[at] = parts[3]
+    out_n[at] = np.int32(count)
+    out_top[at] = top
 
 
 @numba.njit(parallel=True, error_model="numpy", cache=True, nogil=True)
@@ -237,8 +240,7 @@ def score_rows(
     p_indptr: np.ndarray,
     p_indices: np.ndarray,
     p_values: np.ndarray,
-    p_sum_sq: np.ndarray,
-    p_max: np.ndarray,
+    p_stats: np.ndarray,
     c_sum_sq: np.ndarray,
     c_max: np.ndarray,
     floor: float,
@@ -248,15 +250,8 @@ def score_rows(
     sums_all: np.ndarray,
     touched_all: np.ndarray,
     best_all: np.ndarray,
+    reach_all: np.ndarray,
     row_top_all: np.ndarray,
-    st_parent: np.ndarray,
-    st_mc: np.ndarray,
-    st_mcp: np.ndarray,
-    st_ratio: np.ndarray,
-    st_score: np.ndarray,
-    st_n: np.ndarray,
-    st_top: np.ndarray,
-    st_raises: np.ndarray,
     out_parent: np.ndarray,
     out_child: np.ndarray,
     out_mc: np.ndarray,
@@ -313,32 +308,56 @@ def score_rows(
                     sums[s, 1] += a * a
                     sums[s, 2] += b2
                     sums[s, 3] += 1.0
-        # The row's best parents so far (score desc, parent asc) and where each is: its staged
-        # place, or -(its place in the accumulator + 2) while it is not staged.
+        # Room in the thread's stretch for the row's candidates, at most one per touched parent
+        # (a new stretch where the rest of this one is too short: that rest stays unused).
+        at, end = stretch[tid, 0], stretch[tid, 1]
+        if at + n_touched > end:
+            size = max(stretch_size, n_touched)
+            taken = cpu_ops.fetch_add(cursor, 0, size)
+            if taken + size > room:  # no room in this call: the row waits, with no effect
+                waits[q] = taken
+                for i in range(n_touched):
+                    slot[touched[i]] = -1
+                continue
+            _mark_unused(out_parent, out_child, out_score, out_top, at, end)
+            at = taken
+            stretch[tid, 1] = taken + size
+        # The row's best parents so far (score desc, parent asc) and where each is: its place
+        # in the columns, or -(its place in the accumulator + 2) while it is not written.
         top = row_top_all[tid]
         top[:, 0] = -np.inf
         top[:, 1] = -1.0
         best = best_all[tid]
-        n = 0
+        reach = reach_all[tid]
+        cs, cm = c_sum_sq[r], c_max[r]
+        child = r + row_offset
         for i in range(n_touched):
             p = touched[i]
             slot[p] = -1
-            parts = _parts(
-                sums[i, 0], sums[i, 1], sums[i, 2], p_sum_sq[p], c_sum_sq[r], p_max[p], c_max[r]
-            )
+            parts = _parts(sums[i, 0], sums[i, 1], sums[i, 2], p_stats[p, 0], cs, p_stats[p, 1], cm)
             mc, mcp, _ratio, score = parts
             if not np.isfinite(score):
                 continue
             keep = _above_floor(score, max(mc, mcp), floor)  # max(...): mcs, as in Edges.mcs
-            raises = top_children > 0 and score >= best[p, top_children - 1]
-            at = -(i + 2)
-            if keep or raises:
-                _stage(
-                    tid, n, p, parts, sums[i, 3], False, raises,
-                    st_parent, st_mc, st_mcp, st_ratio, st_score, st_n, st_top, st_raises,
+            # Among the parent's best children this thread has seen? `reach` (small: mostly in
+            # cache) says when to look at the exact list. A row meets each parent once, so the
+            # lists it changes are not read again within it.
+            if top_children > 0 and score >= reach[p] and score >= best[p, top_children - 1]:
+                keep = True
+                pos = top_children - 1
+                while pos > 0 and score > best[p, pos - 1]:
+                    best[p, pos] = best[p, pos - 1]
+                    pos -= 1
+                best[p, pos] = score
+                reach[p] = _float32_below(best[p, top_children - 1])
+            place = -(i + 2)
+            if keep:
+                place = at
+                at += 1
+                _write(
+                    place, p, child, parts, sums[i, 3], False,
+                    out_parent, out_child, out_mc, out_mcp, out_ratio, out_score, out_n, out_top,
                 )  # fmt: skip
-                at = n
-                n += 1
             if top_parents > 0:
                 pos = top_parents
                 while pos > 0 and (
@@ -350,51 +369,22 @@ def score_rows(
                         top[k] = top[k - 1]
                     top[pos, 0] = score
                     top[pos, 1] = p
-                    top[pos, 2] = at
+                    top[pos, 2] = place
         for k in range(top_parents):
             if top[k, 1] < 0:
                 continue
-            at = int(top[k, 2])
-            if at >= 0:
-                st_top[tid, at] = True
+            place = int(top[k, 2])
+            if place >= 0:
+                out_top[place] = True
                 continue
-            i, p = -at - 2, int(top[k, 1])
-            parts = _parts(
-                sums[i, 0], sums[i, 1], sums[i, 2], p_sum_sq[p], c_sum_sq[r], p_max[p], c_max[r]
-            )
-            _stage(
-                tid, n, p, parts, sums[i, 3], True, False,
-                st_parent, st_mc, st_mcp, st_ratio, st_score, st_n, st_top, st_raises,
+            i, p = -place - 2, int(top[k, 1])
+            parts = _parts(sums[i, 0], sums[i, 1], sums[i, 2], p_stats[p, 0], cs, p_stats[p, 1], cm)
+            _write(
+                at, p, child, parts, sums[i, 3], True,
+                out_parent, out_child, out_mc, out_mcp, out_ratio, out_score, out_n, out_top,
             )  # fmt: skip
-            n += 1
-        if n > 0:
-            start, end = stretch[tid, 0], stretch[tid, 1]
-            if start + n > end:  # a new stretch; the rest of this one stays unused
-                size = max(stretch_size, n)
-                taken = cpu_ops.fetch_add(cursor, 0, size)
-                if taken + size > room:  # no room in this call: nothing of the row is kept
-                    waits[q] = taken
-                    continue
-                _mark_unused(out_parent, out_child, out_score, out_top, start, end)
-                start = taken
-                stretch[tid, 1] = taken + size
-            stretch[tid, 0] = start + n
-            for k in range(n):
-                out_parent[start + k] = st_parent[tid, k]
-                out_child[start + k] = r + row_offset
-                out_mc[start + k] = st_mc[tid, k]
-                out_mcp[start + k] = st_mcp[tid, k]
-                out_ratio[start + k] = st_ratio[tid, k]
-                out_score[start + k] = st_score[tid, k]
-                out_n[start + k] = st_n[tid, k]
-                out_top[start + k] = st_top[tid, k]
-                if st_raises[tid, k]:  # among the parent's best children this thread has seen
-                    p, score = st_parent[tid, k], st_score[tid, k]
-                    pos = top_children - 1
-                    while pos > 0 and score > best[p, pos - 1]:
-                        best[p, pos] = best[p, pos - 1]
-                        pos -= 1
-                    best[p, pos] = score
+            at += 1
+        stretch[tid, 0] = at
         coacts[tid, 0] += row_coacts  # once per row: the threads' counters share a cache line
         coacts[tid, 1] += n_touched
 
