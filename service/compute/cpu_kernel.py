@@ -26,7 +26,8 @@ operations/s per core -> ~0.5 s; bytes: each token visit reads a parent token ro
 a random place: DRAM, prefetched), each co-activation a 4-byte slot (L2) and 32 bytes of
 accumulator (L1), each pair its parent's statistics and running threshold, each candidate
 writes 34 bytes once (fresh pages): the latency of the token rows and of the slot loads is the
-limit. Measured: see the README (`python -m bench.engine --cases scale`).
+limit. Measured (`python -m bench.engine --cases scale`): 3.3 s of kernel, 1.4e8 co-activations/s
+per core; 1k -> 4k at the same tokens, where pairs and candidates are 33x and 140x fewer, 1.0 s.
 
 `score_rows.py_func` is the same function uncompiled: the plain reference the tests compare the
 compiled kernel to.

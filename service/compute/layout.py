@@ -1,9 +1,10 @@
 """The two layouts of activations the engine walks: token-major (CSR) and latent-major (CSC).
 
-For one block of parent latents the engine walks each latent's active tokens (latent-major)
-and, for each, the child latents active on that token (token-major). The store already holds
-every sae token-major, so the child is read in place (memory-mapped); the parent's block is
-gathered latent-major by one counting pass over the parent's entries.
+For one block of latents of one sae (the rows: the child's on the CPU, the parent's on a GPU)
+the engine walks each latent's active tokens (latent-major) and, for each, the other sae's
+latents active on that token (token-major). The store already holds every sae token-major, so
+the other sae is read in place (memory-mapped); the block is gathered latent-major by one
+counting pass over its sae's entries.
 
 The four sums of a pair (p, c), over the tokens where both are active, follow from these walks:
 
