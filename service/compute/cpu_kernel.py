@@ -166,8 +166,9 @@ def score_block(
         stretch = np.zeros((threads, 2), np.int64)  # each thread's next place and end
         waits = np.full(len(rows), -1, np.int64)  # where a row found no room, else -1
         run(rows, *args, *columns.values(), stretch_candidates, cursor, stretch, waits, coacts)
-        for at, end in stretch.tolist():
-            _unused(columns, at, end)
+        c = columns
+        for at, end in stretch.tolist():  # the rest of each thread's last stretch
+            _mark_unused(c["parent"], c["child"], c["score"], c["child_top"], at, end)
         waited = waits >= 0
         filled = int(waits[waited].min()) if waited.any() else int(cursor[0])
         pieces.append({name: col[:filled] for name, col in columns.items()})
@@ -178,16 +179,11 @@ def score_block(
     return found
 
 
-def _unused(columns: dict[str, np.ndarray], at: int, end: int) -> None:
-    """Mark places [at, end) of a block's columns unused (see `Candidates`)."""
-    c = columns
-    _mark_unused(c["parent"], c["child"], c["score"], c["child_top"], at, end)
-
-
 @numba.njit(cache=True, nogil=True)
 def _mark_unused(
     parent: np.ndarray, child: np.ndarray, score: np.ndarray, top: np.ndarray, at: int, end: int
 ) -> None:
+    """Mark places [at, end) of a block's columns unused (see `Candidates`)."""
     for k in range(at, end):
         parent[k] = 0
         child[k] = 0

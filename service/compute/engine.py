@@ -217,8 +217,13 @@ def score_pair(
         tops = [top for _c, top, _n, _p in found]
         given = [t for t in tops if t is not None]
         top = torch.cat(given) if len(given) == len(tops) else None
-        known = {f"{ROWS[kind]}_top": top}  # a row's pairs are all in its block
-        edges = scores_.finalize(scores_.Edges.concat([c for c, *_ in found]), params, **known)
+        rows = ROWS[kind]  # a row's pairs are all in its block: its top is known
+        edges = scores_.finalize(
+            scores_.Edges.concat([c for c, *_ in found]),
+            params,
+            parent_top=top if rows == "parent" else None,
+            child_top=top if rows == "child" else None,
+        )
     return PairResult(
         edges,
         parent_stats,
