@@ -17,7 +17,8 @@ Candidates (a superset of the stored edges; `scores.finalize` picks them exactly
 the floor; the row's `top_parents` best (exact: a row is whole in a block); and a pair whose
 score reaches its parent's running `top_children`-th best score among the pairs this thread
 scored in this block (a pair of a parent's final top children always does: fewer than that many
-pairs beat it anywhere).
+pairs beat it anywhere). The threads' running lists, merged, are each parent's exact best scores
+in the block, so `finalize` need not rank the parents again.
 
 Ceilings, for the benchmark case 65k -> 262k, 200k tokens, L0 64 (4.8e8 co-activations from
 1.3e7 token visits, 1.4e8 distinct pairs, 2.3e7 candidates, 2 cores): operations: 4
@@ -100,6 +101,8 @@ class Candidates:
     columns: dict[str, np.ndarray]
     n_coactivations: int = 0
     n_pairs: int = 0  # distinct co-active pairs scored
+    # Each parent's top_children best scores over the block's pairs (`scores.best_scores`).
+    parent_best: np.ndarray | None = None
 
     @classmethod
     def join(cls, pieces: list[dict[str, np.ndarray]]) -> Candidates:
@@ -176,6 +179,7 @@ def score_block(
     found = Candidates.join(pieces)
     found.n_coactivations = int(coacts[:, 0].sum())
     found.n_pairs = int(coacts[:, 1].sum())
+    found.parent_best = scores.best_scores(scratch.best, params.top_children)
     return found
 
 

@@ -17,6 +17,7 @@ device, the fallback); both GPU paths keep dense rows of the parent's latents.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -214,22 +215,28 @@ def score_pair(
     if len(found) != len(blocks):
         raise RuntimeError(f"{len(blocks) - len(found)} of {len(blocks)} blocks were not scored")
     with clock.phase("finalize"):
-        tops = [top for _c, top, _n, _p in found]
-        given = [t for t in tops if t is not None]
-        top = torch.cat(given) if len(given) == len(tops) else None
         rows = ROWS[kind]  # a row's pairs are all in its block: its top is known
+        row_tops = [r.row_top for r in found if r.row_top is not None]
+        top = torch.cat(row_tops) if len(row_tops) == len(found) else None
+        bests = [r.column_best for r in found if r.column_best is not None]
+        column_best = None
+        if rows == "child" and len(bests) == len(found):  # folded two at a time: little memory
+            column_best = functools.reduce(
+                lambda a, b: scores_.best_scores(np.stack([a, b]), params.top_children), bests
+            )
         edges = scores_.finalize(
-            scores_.Edges.concat([c for c, *_ in found]),
+            scores_.Edges.concat([r.candidates for r in found]),
             params,
             parent_top=top if rows == "parent" else None,
             child_top=top if rows == "child" else None,
+            parent_best=column_best,
         )
     return PairResult(
         edges,
         parent_stats,
         child_stats,
-        sum(n for _c, _t, n, _p in found),
-        sum(p for _c, _t, _n, p in found),
+        sum(r.n_coactivations for r in found),
+        sum(r.n_pairs for r in found),
         blocks,
         time.perf_counter() - started,
         kind,
@@ -254,9 +261,16 @@ class Pair:
     chunk_tokens: int
 
 
-# A block's result: candidate edges, which are among their row latent's best (None: `finalize`
-# ranks them), co-activations and distinct co-active pairs.
-BlockResult = tuple[scores_.Edges, torch.Tensor | None, int, int]
+@dataclass(frozen=True)
+class BlockResult:
+    """A block's candidate edges, what it knows of their ranks (None: `finalize` ranks them),
+    and what it cost."""
+
+    candidates: scores_.Edges
+    row_top: torch.Tensor | None  # which are among their row latent's best (all its pairs)
+    column_best: np.ndarray | None  # each column latent's best scores in the block [d, k]
+    n_coactivations: int
+    n_pairs: int  # distinct co-active pairs
 
 
 class Runner(Protocol):
@@ -337,7 +351,7 @@ def _numba_blocks(w: Work) -> BlockResults:
             )
         edges = scores_.Edges.of(*(found.column(f) for f in scores_.DTYPES))
         top = torch.from_numpy(found.column("child_top"))
-        yield edges, top, found.n_coactivations, found.n_pairs
+        yield BlockResult(edges, top, found.parent_best, found.n_coactivations, found.n_pairs)
 
 
 def _device_blocks(
@@ -367,7 +381,7 @@ def _device_blocks(
         with w.clock.phase("candidates"):
             scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
             cands = scores_.candidates(scored, w.params).cpu()
-        yield cands, None, coacts, len(scored)
+        yield BlockResult(cands, None, None, coacts, len(scored))
 
 
 def _on(s: stats_.LatentStats, dev: torch.device) -> stats_.LatentStats:

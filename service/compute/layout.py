@@ -118,13 +118,20 @@ def token_major(source: chunks_.ChunkSource, chunk_tokens: int = 1 << 16) -> Tok
 
 
 def latent_major(rows: TokenMajor, lo: int, hi: int) -> LatentMajor:
-    """The entries of latents [lo, hi), latent-major, tokens ascending within each latent."""
-    counts = _count(rows.indices, lo, hi)
+    """The entries of latents [lo, hi), latent-major, tokens ascending within each latent.
+
+    Threads take consecutive ranges of tokens: each counts its range's entries per latent, then
+    writes them from its own start within each latent (after the ranges before it)."""
+    parts = max(1, min(numba.get_num_threads(), rows.n_tokens))
+    counts = _counts(rows.indptr, rows.indices, lo, hi, parts)
     indptr = np.zeros(hi - lo + 1, np.int64)
-    np.cumsum(counts, out=indptr[1:])
+    np.cumsum(counts.sum(axis=0), out=indptr[1:])
+    starts = np.cumsum(counts, axis=0)
+    starts -= counts
+    starts += indptr[:-1]
     tokens = np.empty(int(indptr[-1]), np.int32)
     values = np.empty(int(indptr[-1]), np.float32)
-    _scatter(rows.indptr, rows.indices, rows.values, lo, hi, indptr, tokens, values)
+    _scatter(rows.indptr, rows.indices, rows.values, lo, hi, starts, tokens, values)
     return LatentMajor(lo, hi, indptr, tokens, values)
 
 
@@ -148,7 +155,7 @@ def plan_blocks(
 
 def block_nnz(rows: TokenMajor) -> np.ndarray:
     """Entries per latent (int64 [d_sae]): what a block of latents costs to gather."""
-    return _count(rows.indices, 0, rows.d_sae)
+    return _counts(rows.indptr, rows.indices, 0, rows.d_sae, numba.get_num_threads()).sum(axis=0)
 
 
 def coactivations(block: LatentMajor, child: TokenMajor) -> np.ndarray:
@@ -160,35 +167,46 @@ def coactivations(block: LatentMajor, child: TokenMajor) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _count(indices: np.ndarray, lo: int, hi: int) -> np.ndarray:
-    counts = np.zeros(hi - lo, np.int64)
-    for i in range(len(indices)):
-        c = indices[i]
-        if lo <= c < hi:
-            counts[c - lo] += 1
+def _token_range(n_tokens: int, parts: int, q: int) -> tuple[int, int]:
+    return n_tokens * q // parts, n_tokens * (q + 1) // parts
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _counts(indptr: np.ndarray, indices: np.ndarray, lo: int, hi: int, parts: int) -> np.ndarray:
+    """Entries per latent of [lo, hi) in each of `parts` consecutive ranges of tokens."""
+    counts = np.zeros((parts, hi - lo), np.int64)
+    for q in numba.prange(parts):
+        first, stop = _token_range(len(indptr) - 1, parts, q)
+        for e in range(indptr[first], indptr[stop]):
+            c = indices[e]
+            if lo <= c < hi:
+                counts[q, c - lo] += 1
     return counts
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _scatter(
     indptr: np.ndarray,
     indices: np.ndarray,
     values: np.ndarray,
     lo: int,
     hi: int,
-    out_ptr: np.ndarray,
+    starts: np.ndarray,
     out_tokens: np.ndarray,
     out_values: np.ndarray,
 ) -> None:
-    fill = out_ptr[:-1].copy()
-    for t in range(len(indptr) - 1):  # tokens in order: each latent's tokens come out sorted
-        for e in range(indptr[t], indptr[t + 1]):
-            c = indices[e]
-            if lo <= c < hi:
-                k = fill[c - lo]
-                out_tokens[k] = t
-                out_values[k] = values[e]
-                fill[c - lo] = k + 1
+    parts = starts.shape[0]
+    for q in numba.prange(parts):
+        fill = starts[q].copy()
+        first, stop = _token_range(len(indptr) - 1, parts, q)
+        for t in range(first, stop):  # tokens in order: each latent's tokens come out sorted
+            for e in range(indptr[t], indptr[t + 1]):
+                c = indices[e]
+                if lo <= c < hi:
+                    k = fill[c - lo]
+                    out_tokens[k] = t
+                    out_values[k] = values[e]
+                    fill[c - lo] = k + 1
 
 
 @numba.njit(cache=True, nogil=True)

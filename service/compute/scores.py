@@ -201,78 +201,144 @@ def finalize(
     params: EdgeParams,
     parent_top: Tensor | None = None,
     child_top: Tensor | None = None,
+    parent_best: np.ndarray | None = None,
 ) -> Edges:
     """The stored edges among candidates (a superset of them, each pair at most once): above
     the floor, or among a child's `top_parents` best by score (ties: lowest parent index), or
-    among a parent's `top_children` best (ties: lowest child index); `parent_top` / `child_top`
-    where the blocks knew them already (a block holds all the pairs of its rows' latents); in
-    the candidates' order (`Edges.sorted` orders them). On the CPU, compiled: candidates number
-    tens of millions."""
+    among a parent's `top_children` best (ties: lowest child index); in the candidates' order
+    (`Edges.sorted` orders them). What the blocks knew already: `parent_top` / `child_top`,
+    which candidates are among their latent's best (a block holds all the pairs of its rows'
+    latents); `parent_best`, each parent's `top_children` best scores over all its pairs
+    (`best_scores`; the CPU kernel keeps them as it goes). On the CPU, compiled: candidates
+    number tens of millions; the columns are consumed (the edges are compacted into them)."""
     c = candidates.cpu()
+    keep = above_floor(c.score, c.mcs, params.store_floor).numpy()
+    top = np.zeros(len(c), np.uint8)
+    score = c.score.numpy()
+    for known, best, group, tie, k in (
+        (parent_top, parent_best, c.parent, c.child, params.top_children),
+        (child_top, None, c.child, c.parent, params.top_parents),
+    ):
+        if known is not None:
+            top |= known.numpy()
+        else:
+            _mark_top(group.numpy(), score, tie.numpy(), k, best, top)
     # A pair whose score is not finite is no edge (nor is an unused place of the CPU kernel's,
-    # score NaN). A NaN takes no rank, so the ranks are taken over all (no copy of tens of
-    # millions of rows) and such pairs are dropped last.
-    finite = torch.isfinite(c.score)
-    rank = torch.where(finite, c.score, torch.nan) if bool(torch.isinf(c.score).any()) else c.score
-    if parent_top is None:
-        parent_top = _top(c.parent, rank, c.child, params.top_children)
-    if child_top is None:
-        child_top = _top(c.child, rank, c.parent, params.top_parents)
-    keep = above_floor(c.score, c.mcs, params.store_floor)
-    keep |= child_top
-    keep |= parent_top
-    keep &= finite
-    return c.compact(keep)
+    # score NaN); it takes no rank either. Dropped here, last: no copy of tens of millions of rows.
+    _keep_finite(keep, top, score)
+    return c.compact(torch.from_numpy(keep))
+
+
+def best_scores(lists: np.ndarray, k: int) -> np.ndarray:
+    """Each group's k best scores (float64 [n_groups, k], descending, -inf where it has fewer)
+    from several lists of them ([m, n_groups, width]: e.g. one per thread or block)."""
+    best = np.full((lists.shape[1], k), -np.inf)
+    if k > 0:
+        _merge_best(np.ascontiguousarray(lists, dtype=np.float64), best)
+    return best
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _merge_best(lists: np.ndarray, best: np.ndarray) -> None:
+    k = best.shape[1]
+    for g in numba.prange(lists.shape[1]):
+        for m in range(lists.shape[0]):
+            for j in range(lists.shape[2]):
+                s = lists[m, g, j]
+                if not s > best[g, k - 1]:
+                    continue
+                pos = k - 1
+                while pos > 0 and s > best[g, pos - 1]:
+                    best[g, pos] = best[g, pos - 1]
+                    pos -= 1
+                best[g, pos] = s
+
+
+def _mark_top(
+    group: np.ndarray,
+    score: np.ndarray,
+    tie: np.ndarray,
+    k: int,
+    best: np.ndarray | None,
+    top: np.ndarray,
+) -> None:
+    """Set bit 1 of `top` where a pair is among its group's k best (score desc, then `tie`
+    asc; a score that is not finite takes no rank), from each group's k best scores (`best`;
+    found here, in one pass, where not given): above the k-th best score, or at it and among
+    the lowest `tie` of those that make up the k (few: one sort of them)."""
+    if len(group) == 0 or k <= 0:
+        return
+    n_groups = int(group.max()) + 1
+    if best is None:
+        best = _best(group, score, n_groups, k, numba.get_num_threads())
+    kth = np.ascontiguousarray(best[:n_groups, k - 1])
+    n_tied = _above_kth(group, score, kth, top)
+    if n_tied == 0:
+        return
+    tied = np.flatnonzero(top & _TIED)
+    top[tied] &= ~_TIED
+    g = group[tied]
+    order = np.lexsort((tie[tied], g))
+    tied, g = tied[order], g[order]
+    # Rank among a group's tied pairs; the group needs k minus those strictly above its k-th.
+    at = np.arange(len(tied))
+    starts = np.maximum.accumulate(np.where(np.r_[True, g[1:] != g[:-1]], at, 0))
+    need = k - (best[:n_groups] > kth[:, None]).sum(axis=1)
+    top[tied[at - starts < need[g]]] |= _TOP
+
+
+_TOP, _TIED = np.uint8(1), np.uint8(2)
+
+
+def _top(group: Tensor, score: Tensor, tie: Tensor, k: int) -> Tensor:
+    """Whether each pair is among its group's k best (score desc, then `tie` asc)."""
+    top = np.zeros(len(group), np.uint8)
+    _mark_top(group.numpy(), score.numpy(), tie.numpy(), k, None, top)
+    return torch.from_numpy(top.astype(np.bool_))
 
 
 def _order(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
     """The order by group, then score descending, then `tie` ascending (the ranking rule of
-    every top-k here; `_top_k` is the same rule compiled, for the CPU's tens of millions)."""
+    every top-k here; `_mark_top` is the same rule compiled, for the CPU's tens of millions)."""
     order = torch.argsort(tie, stable=True)
     order = order[torch.argsort(-score[order], stable=True)]
     return order[torch.argsort(group[order], stable=True)]
 
 
-def _top(group: Tensor, score: Tensor, tie: Tensor, k: int) -> Tensor:
-    """Whether each pair is among its group's k best (score desc, then `tie` asc): one pass
-    keeping each group's k best so far, one pass comparing with the k-th (CPU tensors)."""
-    if len(group) == 0 or k <= 0:
-        return torch.zeros(len(group), dtype=torch.bool)
-    g = group.numpy()
-    return torch.from_numpy(
-        _top_k(g, score.numpy(), tie.numpy(), int(g.max()) + 1, k, numba.get_num_threads())
-    )
-
-
-_NO_TIE = np.iinfo(np.int64).max
-
-
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _top_k(
-    group: np.ndarray, score: np.ndarray, tie: np.ndarray, n_groups: int, k: int, shards: int
-) -> np.ndarray:
-    best_s = np.full((n_groups, k), -np.inf)
-    best_t = np.full((n_groups, k), _NO_TIE)
+def _best(group: np.ndarray, score: np.ndarray, n_groups: int, k: int, shards: int) -> np.ndarray:
+    best = np.full((n_groups, k), -np.inf)
     for shard in numba.prange(shards):  # each thread keeps the groups g with g % shards == shard
         for i in range(len(group)):
             g = group[i]
-            if g % shards != shard:
+            s = score[i]
+            if g % shards != shard or not np.isfinite(s) or s <= best[g, k - 1]:
                 continue
-            s, t = score[i], tie[i]
-            pos = k
-            while pos > 0 and (
-                s > best_s[g, pos - 1] or (s == best_s[g, pos - 1] and t < best_t[g, pos - 1])
-            ):
+            pos = k - 1
+            while pos > 0 and s > best[g, pos - 1]:
+                best[g, pos] = best[g, pos - 1]
                 pos -= 1
-            if pos < k:
-                for q in range(k - 1, pos, -1):
-                    best_s[g, q] = best_s[g, q - 1]
-                    best_t[g, q] = best_t[g, q - 1]
-                best_s[g, pos] = s
-                best_t[g, pos] = t
-    keep = np.zeros(len(group), np.bool_)
+            best[g, pos] = s
+    return best
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _above_kth(group: np.ndarray, score: np.ndarray, kth: np.ndarray, top: np.ndarray) -> int:
+    """Mark pairs above their group's k-th best score _TOP, those at it _TIED; how many tied."""
+    n_tied = 0
     for i in numba.prange(len(group)):
-        g, s, t = group[i], score[i], tie[i]
-        ks, kt = best_s[g, k - 1], best_t[g, k - 1]
-        keep[i] = s > ks or (s == ks and t <= kt)
-    return keep
+        s, at = score[i], kth[group[i]]
+        if not np.isfinite(s):
+            continue
+        if s > at:
+            top[i] |= _TOP
+        elif s == at:
+            top[i] |= _TIED
+            n_tied += 1
+    return n_tied
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _keep_finite(keep: np.ndarray, top: np.ndarray, score: np.ndarray) -> None:
+    for i in numba.prange(len(keep)):
+        keep[i] = np.isfinite(score[i]) and (keep[i] or (top[i] & _TOP) != 0)

@@ -231,6 +231,43 @@ def test_top_children_are_kept_below_the_floor(backend: str) -> None:
     assert set(as_dict(result.edges)) == want and len(want) == 3
 
 
+@pytest.mark.parametrize("rows", [None, 1, 2])
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_tied_top_children_across_blocks(backend: str, rows: int | None) -> None:
+    # Seven children with exactly equal scores to parent 0 and two better ones, cut into
+    # blocks that each hold part of the tie: the parent keeps its 2 better children and the
+    # lowest-index one of the tied, wherever the blocks' lists of best scores meet.
+    t = 60
+    parent = np.zeros((t, 2), np.float32)
+    child = np.zeros((t, 9), np.float32)
+    parent[:, 0] = 1.0
+    parent[:30, 1] = 2.0
+    child[:10, [0, 2, 3, 5, 6, 7, 8]] = 0.5  # tied
+    child[:10, [1, 4]] = np.linspace(1, 2, 10)[:, None]  # better: max ratio 2 > 0.5
+    params = scores.EdgeParams(store_floor=1.5, top_parents=0, top_children=3)
+    result = run(parent, child, backend, params=params, max_block_rows=rows)
+    ref = reference.all_pairs(parent, child)
+    want = reference.stored(ref, 1.5, top_parents=0, top_children=3)
+    assert {c for p, c in want if p == 0} == {1, 4, 0}
+    assert set(as_dict(result.edges)) == want
+
+
+def test_best_scores_merge_lists_as_one_pass_finds_them() -> None:
+    rng = np.random.default_rng(12)
+    group = rng.integers(0, 40, 3000).astype(np.int32)
+    score = rng.integers(0, 8, 3000).astype(np.float64) / 7
+    score[::97] = np.nan  # takes no rank
+    tie = rng.permutation(3000).astype(np.int32)
+    k = 3
+    whole = scores._best(group, score, 40, k, 1)
+    parts = np.stack([scores._best(group[i::4], score[i::4], 40, k, 2) for i in range(4)])
+    assert np.array_equal(scores.best_scores(parts, k), whole)
+    given, found = np.zeros(3000, np.uint8), np.zeros(3000, np.uint8)
+    scores._mark_top(group, score, tie, k, scores.best_scores(parts, k), given)
+    scores._mark_top(group, score, tie, k, None, found)
+    assert np.array_equal(given, found) and int((found == 1).sum()) == 40 * k
+
+
 def test_plan_blocks_covers_every_latent_once() -> None:
     rng = np.random.default_rng(6)
     entries = rng.integers(0, 50, 1000)
