@@ -59,6 +59,11 @@ def _cases(tmp_path: Path) -> dict[str, tuple[Callable[[], Path], dict[str, obje
     nan[7, 0] = np.nan
     inf = good["values"].copy()
     inf[9, 0] = np.inf
+    twice = good["indices"].copy()
+    twice[11, 1] = twice[11, 0]  # one latent twice in a token's top k
+    csr_twice = np.ones(T + 1, np.int64)
+    csr_twice[0] = 0
+    csr_twice[51:] = 3  # token 50 lists latent 4 twice (sorted, as CSR usually is)
     truncated = tmp_path / "truncated.npz"
     return {
         "shape mismatch": (
@@ -174,6 +179,25 @@ def _cases(tmp_path: Path) -> dict[str, tuple[Callable[[], Path], dict[str, obje
             ),
             {},
             "field 'indptr': expected non-decreasing offsets from 0 to nnz=2",
+        ),
+        "latent twice in a token (top-k)": (
+            lambda: _write(
+                tmp_path, "tw.npz", indices=twice, values=good["values"], d_sae=np.int64(16)
+            ),
+            {},
+            "field 'indices': expected each latent at most once per token",
+        ),
+        "latent twice in a token (CSR)": (
+            lambda: _write(
+                tmp_path,
+                "ctw.npz",
+                indptr=csr_twice,
+                indices=np.array([1, 4, 4], np.int32),
+                values=np.ones(3, np.float32),
+                d_sae=np.int64(16),
+            ),
+            {},
+            "field 'indices': expected each latent at most once per token",
         ),
         "dense negative": (
             lambda: _write(tmp_path, "dense.npy", a=-np.ones((T, 16), np.float32)),
