@@ -399,6 +399,19 @@ def _row(
     }
 
 
+def _first_touch_ms_per_mib(mib: int = 512) -> float:
+    """Milliseconds per MiB to write memory this process never touched, less a rewrite of it:
+    the page faults (on a VM with free page reporting, also the host's: up to ~1 ms/MiB)."""
+    fresh = np.empty(mib << 20, np.uint8)
+    started = time.perf_counter()
+    fresh.fill(1)
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    fresh.fill(2)
+    again = time.perf_counter() - started
+    return (first - again) * 1000 / mib
+
+
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -469,7 +482,9 @@ def main() -> None:
 
     print(
         f"device: {name}, torch {torch.__version__}, numba {numba.__version__},"
-        f" {numba.get_num_threads()} threads"
+        f" {numba.get_num_threads()} threads; first touch of fresh memory"
+        f" {_first_touch_ms_per_mib():.2f} ms/MiB (what writing a case's candidates costs"
+        " beyond the writes)"
     )
     default_methods = {
         "smoke": "numba,torch,scipy,dense",
