@@ -109,13 +109,15 @@ def inputs(conn: Connection, job: Claim) -> JobInputs:
             ),
             {"s": sae_id},
         ).all()
-        columns = np.array(rows, dtype=np.float64).reshape(-1, 4).T
+        # Column by column from plain tuples: numpy probing a million Row objects for the array
+        # protocols costs seconds (each probe a failed key lookup).
+        ids, max_act, n_active, sum_sq = zip(*rows, strict=True) if rows else ((),) * 4
         return name, SaeLatents(
             path,
-            columns[0].astype(np.int64),
-            columns[1].astype(np.float32),
-            columns[2].astype(np.int64),
-            columns[3],
+            np.array(ids, np.int64),
+            np.array(max_act, np.float32),
+            np.array(n_active, np.int64),
+            np.array(sum_sq, np.float64),
             int(n_tokens),
         )
 
