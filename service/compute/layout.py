@@ -94,7 +94,7 @@ def token_major(source: chunks_.ChunkSource, chunk_tokens: int = 1 << 16) -> Tok
         return source.token_major()
     if source.n_tokens >= 1 << 31:
         raise ValueError(f"{source.n_tokens} tokens: at most 2**31 - 1 are supported")
-    if isinstance(source, chunks_.CsrSource) and bool((source.values > 0).all()):
+    if isinstance(source, chunks_.CsrSource) and _all_active(source.values.cpu().numpy()):
         return TokenMajor(  # already token-major, every entry active: no copy on the CPU
             source.indptr.cpu().numpy().astype(np.int64, copy=False),
             source.indices.cpu().numpy().astype(np.int32, copy=False),
@@ -164,6 +164,16 @@ def coactivations(block: LatentMajor, child: TokenMajor) -> np.ndarray:
     out = np.zeros(block.hi - block.lo, np.int64)
     _row_sums(block.indptr, block.tokens, per_token, out)
     return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _all_active(values: np.ndarray) -> bool:
+    """Whether every value is > 0 (NaN is not), without a mask as large as the values."""
+    n_inactive = 0
+    for i in numba.prange(len(values)):
+        if not values[i] > 0:
+            n_inactive += 1
+    return n_inactive == 0
 
 
 @numba.njit(cache=True, nogil=True)
