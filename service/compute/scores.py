@@ -98,8 +98,10 @@ class Edges:
         return torch.maximum(self.masked_cos, self.masked_cos_parent)
 
     def select(self, keep: Tensor) -> Edges:
-        """The edges at `keep` (a mask or an index tensor)."""
-        return Edges(*(getattr(self, f.name)[keep] for f in fields(self)))
+        """The edges at `keep` (a mask or an index tensor). A mask becomes indices once, not
+        once per column (on a GPU, each mask is a synchronising nonzero)."""
+        at = keep.nonzero().squeeze(1) if keep.dtype == torch.bool else keep
+        return Edges(*(getattr(self, f.name)[at] for f in fields(self)))
 
     @staticmethod
     def concat(parts: list[Edges]) -> Edges:
@@ -189,8 +191,9 @@ def _kth_best(group: Tensor, score: Tensor, k: int) -> Tensor:
         return torch.full_like(score, torch.inf)
     g = group.long()
     n_groups = int(g.max()) + 1
-    bound = torch.full((n_groups,), torch.inf, dtype=score.dtype, device=score.device)
-    for _ in range(k):
+    bound = torch.full((n_groups,), -torch.inf, dtype=score.dtype, device=score.device)
+    bound.scatter_reduce_(0, g, score, "amax")  # the best; then each next distinct score
+    for _ in range(k - 1):
         below = torch.where(score < bound[g], score, -torch.inf)
         bound = torch.full_like(bound, -torch.inf).scatter_reduce_(0, g, below, "amax")
     return bound[g]
