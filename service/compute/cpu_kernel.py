@@ -355,11 +355,7 @@ def score_rows(
             # lists it changes are not read again within it.
             if top_children > 0 and score >= reach[p] and score >= best[p, top_children - 1]:
                 keep = True
-                pos = top_children - 1
-                while pos > 0 and score > best[p, pos - 1]:
-                    best[p, pos] = best[p, pos - 1]
-                    pos -= 1
-                best[p, pos] = score
+                scores.push_best(best[p], score)
                 reach[p] = _float32_below(best[p, top_children - 1])
             place = -(i + 2)
             if keep:

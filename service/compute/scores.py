@@ -241,6 +241,17 @@ def best_scores(lists: np.ndarray, k: int) -> np.ndarray:
     return best
 
 
+@numba.njit(cache=True, nogil=True)
+def push_best(best: np.ndarray, s: float) -> None:
+    """Put score s into a group's k best scores (descending), dropping the last: the caller
+    knows s belongs there."""
+    pos = len(best) - 1
+    while pos > 0 and s > best[pos - 1]:
+        best[pos] = best[pos - 1]
+        pos -= 1
+    best[pos] = s
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _merge_best(lists: np.ndarray, best: np.ndarray) -> None:
     k = best.shape[1]
@@ -248,13 +259,8 @@ def _merge_best(lists: np.ndarray, best: np.ndarray) -> None:
         for m in range(lists.shape[0]):
             for j in range(lists.shape[2]):
                 s = lists[m, g, j]
-                if not s > best[g, k - 1]:
-                    continue
-                pos = k - 1
-                while pos > 0 and s > best[g, pos - 1]:
-                    best[g, pos] = best[g, pos - 1]
-                    pos -= 1
-                best[g, pos] = s
+                if s > best[g, k - 1]:
+                    push_best(best[g], s)
 
 
 def _mark_top(
@@ -315,13 +321,8 @@ def _best(group: np.ndarray, score: np.ndarray, n_groups: int, k: int, shards: i
         for i in range(len(group)):
             g = group[i]
             s = score[i]
-            if g % shards != shard or not np.isfinite(s) or s <= best[g, k - 1]:
-                continue
-            pos = k - 1
-            while pos > 0 and s > best[g, pos - 1]:
-                best[g, pos] = best[g, pos - 1]
-                pos -= 1
-            best[g, pos] = s
+            if g % shards == shard and np.isfinite(s) and s > best[g, k - 1]:
+                push_best(best[g], s)
     return best
 
 
