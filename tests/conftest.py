@@ -203,8 +203,8 @@ def pipeline(migrated_url: str, engine: Engine, tmp_path: Path) -> Iterator[Pipe
             edges.drop_all(conn)
             conn.execute(
                 sa.text(
-                    "TRUNCATE family, sae, latent, job, edge, tree_edges, tree_nodes"
-                    " RESTART IDENTITY CASCADE"
+                    "TRUNCATE family, sae, latent, top_activation, job, edge, tree_edges,"
+                    " tree_nodes RESTART IDENTITY CASCADE"
                 )
             )
 

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 TRAILER = (-1).to_bytes(2, "big", signed=True)
-PG_TYPES = {"int4": ">i4", "int8": ">i8", "float4": ">f4", "float8": ">f8"}
+PG_TYPES = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "float4": ">f4", "float8": ">f8"}
 ROWS_PER_WRITE = 1 << 20
 
 

@@ -344,13 +344,28 @@ def delete_family(conn: Connection, name: str) -> bool:
         {"n": name},
     ).scalars()
     edges.drop(conn, list(job_ids))
-    sae_ids = conn.execute(
-        sa.text("SELECT s.id FROM sae s JOIN family f ON f.id = s.family_id WHERE f.name = :n"),
-        {"n": name},
-    ).scalars()
-    forest.forget(conn, list(sae_ids))
+    sae_ids = list(
+        conn.execute(
+            sa.text("SELECT s.id FROM sae s JOIN family f ON f.id = s.family_id WHERE f.name = :n"),
+            {"n": name},
+        ).scalars()
+    )
+    forest.forget(conn, sae_ids)
+    delete_top_activations(conn, sae_ids)
     deleted = conn.execute(sa.delete(tables.Family).where(tables.Family.name == name))
     return deleted.rowcount == 1
+
+
+def delete_top_activations(conn: Connection, sae_ids: list[int]) -> None:
+    """Delete the top activations of the latents of saes `sae_ids` (no foreign key cascades
+    to them: see `tables.TopActivation`)."""
+    conn.execute(
+        sa.text(
+            "DELETE FROM top_activation t USING latent l"
+            " WHERE t.latent_id = l.id AND l.sae_id = ANY(:ids)"
+        ),
+        {"ids": sae_ids},
+    )
 
 
 NEURONPEDIA_ID = re.compile(r"^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$")

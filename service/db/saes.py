@@ -162,29 +162,22 @@ def add(
 def _add_top(conn: Connection, sae_id: int, positions: np.ndarray, values: np.ndarray) -> None:
     d_sae, k = positions.shape
     kept = (positions >= 0).ravel()
-    conn.exec_driver_sql(
-        "CREATE TEMP TABLE top_stage (idx int4, rank int4, position int8, value float4)"
-        " ON COMMIT DROP"
+    ids = np.array(
+        conn.execute(sa.text("SELECT id FROM latent WHERE sae_id = :s ORDER BY idx"), {"s": sae_id})
+        .scalars()
+        .all(),
+        np.int32,
     )
     copy.copy_in(
         conn,
-        "top_stage",
+        "top_activation",
         {
-            "idx": (np.repeat(np.arange(d_sae, dtype=np.int32), k)[kept], "int4"),
-            "rank": (np.tile(np.arange(1, k + 1, dtype=np.int32), d_sae)[kept], "int4"),
+            "latent_id": (np.repeat(ids, k)[kept], "int4"),
+            "rank": (np.tile(np.arange(1, k + 1, dtype=np.int16), d_sae)[kept], "int2"),
             "position": (positions.ravel()[kept], "int8"),
             "value": (values.ravel()[kept], "float4"),
         },
     )
-    conn.execute(
-        sa.text(
-            "INSERT INTO top_activation (latent_id, rank, position, value)"
-            " SELECT l.id, t.rank, t.position, t.value FROM top_stage t"
-            " JOIN latent l ON l.sae_id = :sae AND l.idx = t.idx"
-        ),
-        {"sae": sae_id},
-    )
-    conn.exec_driver_sql("DROP TABLE top_stage")
 
 
 @dataclass(frozen=True)
@@ -223,6 +216,7 @@ def delete(conn: Connection, name: str, job_params: dict[str, Any]) -> Deleted:
         sa.text("SELECT count(*) FROM latent WHERE sae_id = :s"), {"s": row.id}
     ).scalar_one()
     forest.forget(conn, [row.id])
+    queries.delete_top_activations(conn, [row.id])
     d_sae = conn.execute(
         sa.delete(tables.Sae).where(tables.Sae.id == row.id).returning(tables.Sae.d_sae)
     ).scalar_one()

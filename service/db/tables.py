@@ -221,13 +221,16 @@ class Token(Base):
 
 
 class TopActivation(Base):
-    """One of a latent's largest activations (rank 1 = largest; ties to the earliest token)."""
+    """One of a latent's largest activations (rank 1 = largest; ties to the earliest token).
+
+    No foreign key to `latent` (as `edge`): checking it took two thirds of loading an sae's
+    top activations (tens of millions of rows at 1M latents); they are written with their
+    latents in one transaction, and deleting an sae or a family deletes them explicitly
+    (`queries.delete_top_activations`)."""
 
     __tablename__ = "top_activation"
 
-    latent_id: Mapped[int] = mapped_column(
-        sa.ForeignKey("latent.id", ondelete="CASCADE"), primary_key=True
-    )
+    latent_id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     rank: Mapped[int] = mapped_column(sa.SmallInteger, primary_key=True)
     position: Mapped[int] = mapped_column(sa.BigInteger)
     value: Mapped[float] = mapped_column(sa.REAL)

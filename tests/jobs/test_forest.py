@@ -53,13 +53,16 @@ def test_the_forest_follows_every_change(pipeline: Pipeline, tmp_path: Path) -> 
         sizes.append(_check(pipeline))
     assert sizes[-1] > sizes[1] > 0 == sizes[0]
     a_trees = pipeline.sql("SELECT count(*) FROM tree_edges WHERE child LIKE 'A/%'")[0][0]
+    assert _top_activations(pipeline, "A/3") > 0 and _top_activations(pipeline, "B/%") > 0
     saes.delete(pipeline.engine, pipeline.config, "A/3")  # A's second level
+    assert _orphan_top_activations(pipeline) == 0  # deleted with their latents
     assert pipeline.sql("SELECT count(*) FROM tree_edges WHERE child LIKE 'A/%'")[0][0] < a_trees
     _check(pipeline)
     pipeline.drain()  # the job between A/1 and A/2 its removal planned
     _check(pipeline)
     with pipeline.engine.begin() as conn:
         assert queries.delete_family(conn, "B")
+    assert _orphan_top_activations(pipeline) == 0 and _top_activations(pipeline, "A/%") > 0
     _check(pipeline)
     assert pipeline.sql("SELECT count(*) FROM tree_nodes WHERE node LIKE 'B/%'")[0][0] == 0
     # A rebuild from scratch changes nothing.
@@ -67,6 +70,26 @@ def test_the_forest_follows_every_change(pipeline: Pipeline, tmp_path: Path) -> 
     with pipeline.engine.begin() as conn:
         forest.rebuild(conn)
     assert _stored(pipeline) == before
+
+
+def _top_activations(pipeline: Pipeline, sae: str) -> int:
+    return int(
+        pipeline.sql(
+            "SELECT count(*) FROM top_activation t JOIN latent l ON l.id = t.latent_id"
+            " JOIN sae s ON s.id = l.sae_id WHERE s.name LIKE :n",
+            n=sae,
+        )[0][0]
+    )
+
+
+def _orphan_top_activations(pipeline: Pipeline) -> int:
+    """Top activations whose latent is gone (no foreign key removes them)."""
+    return int(
+        pipeline.sql(
+            "SELECT count(*) FROM top_activation t"
+            " WHERE NOT EXISTS (SELECT FROM latent l WHERE l.id = t.latent_id)"
+        )[0][0]
+    )
 
 
 def test_a_job_rewrites_only_its_family_from_its_child_level(
