@@ -298,14 +298,14 @@ class _Chunks(io.RawIOBase):
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
-        self._left = b""
+        self._left = memoryview(b"")  # the rest of the current chunk (slices copy nothing)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         while not self._left:
-            self._left = next(self._chunks, b"")
+            self._left = memoryview(next(self._chunks, b""))
             if not self._left:
                 return 0
         n = min(len(buffer), len(self._left))

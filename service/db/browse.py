@@ -310,18 +310,29 @@ def stream(
             yield [list(columns[i]) for i in where]
 
 
-def copy_csv(conn: Connection, query: str, params: dict[str, Any]) -> Iterator[bytes]:
-    """`query`'s rows as CSV with a header row (`COPY ... TO STDOUT`), chunk by chunk, in the
-    query's order: Arrow parses it several times faster than rows are built one by one."""
+def copy_csv(
+    conn: Connection, query: str, params: dict[str, Any], chunk_bytes: int = 1 << 20
+) -> Iterator[bytes]:
+    """`query`'s rows as CSV with a header row (`COPY ... TO STDOUT`), in chunks of about
+    `chunk_bytes`, in the query's order: Arrow parses it several times faster than rows are
+    built one by one."""
     raw = conn.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
     statement = str(sa.text(query).compile(dialect=conn.dialect))
+    chunk = bytearray()
     with (
         raw.cursor() as cursor,
         cursor.copy(f"COPY ({statement}) TO STDOUT (FORMAT csv, HEADER true)", params) as copy,
     ):
-        while chunk := copy.read():
-            yield bytes(chunk)
+        # COPY hands over one row at a time: joined here, not passed on row by row (21% of
+        # an export's time went to handing 1.66M rows on).
+        while row := copy.read():
+            chunk += row
+            if len(chunk) >= chunk_bytes:
+                yield bytes(chunk)
+                chunk.clear()
+    if chunk:
+        yield bytes(chunk)
 
 
 def latents_query(family: str | None) -> str:
