@@ -299,13 +299,6 @@ def _mark_top(
 _TOP, _TIED = np.uint8(1), np.uint8(2)
 
 
-def _top(group: Tensor, score: Tensor, tie: Tensor, k: int) -> Tensor:
-    """Whether each pair is among its group's k best (score desc, then `tie` asc)."""
-    top = np.zeros(len(group), np.uint8)
-    _mark_top(group.numpy(), score.numpy(), tie.numpy(), k, None, top)
-    return torch.from_numpy(top.astype(np.bool_))
-
-
 def _order(group: Tensor, score: Tensor, tie: Tensor) -> Tensor:
     """The order by group, then score descending, then `tie` ascending (the ranking rule of
     every top-k here; `_mark_top` is the same rule compiled, for the CPU's tens of millions)."""
