@@ -54,10 +54,11 @@ _above_floor = numba.njit(cache=True)(scores.above_floor)
 AHEAD = 4
 AHEAD_PAIRS = 8
 
-# The most candidates a block's columns are allocated for in one kernel call (virtual memory:
-# only the pages written are used). A block needs at most the sum over its rows of
-# min(co-activations, d_parent), and a stretch per thread; beyond this, rows wait for the next
-# call.
+# The most candidates a block's columns are allocated for at first (virtual memory: only the
+# pages written are used). A block needs at most the sum over its rows of min(co-activations,
+# d_parent), and a stretch per thread, but writes far fewer; rows that find no room wait for
+# the next call, which goes on in the same columns once the candidates that can no longer be
+# stored are dropped (they grow, by a copy, only where that frees too little).
 CALL_CANDIDATES = 1 << 27
 
 # Candidates in the stretch of the columns a thread takes at a time (2 MB of scores: a huge page).
@@ -106,13 +107,8 @@ class Candidates:
     n_pairs: int = 0  # distinct co-active pairs scored
     # Each parent's top_children best scores over the block's pairs (`scores.best_scores`).
     parent_best: np.ndarray | None = None
-
-    @classmethod
-    def join(cls, pieces: list[dict[str, np.ndarray]]) -> Candidates:
-        """The candidates of a block from its calls' columns (no copy where there is one)."""
-        if len(pieces) == 1:
-            return cls(pieces[0])
-        return cls({name: np.concatenate([p[name] for p in pieces]) for name in COLUMNS})
+    calls: int = 0  # kernel calls the block took
+    grown: int = 0  # of them, those for which the columns grew (a copy)
 
     def column(self, name: str) -> np.ndarray:
         return self.columns[name]
@@ -131,16 +127,18 @@ def score_block(
     call_candidates: int = CALL_CANDIDATES,
     stretch_candidates: int = STRETCH,
 ) -> Candidates:
-    """The candidates of a block of child latents: one kernel call, or more where the rows'
-    bound on their candidates exceeds `call_candidates` (rows that find no room wait for the
-    next); a thread takes `stretch_candidates` places at a time. `kernel`: `score_rows`
-    (default) or its uncompiled `score_rows.py_func`."""
+    """The candidates of a block of child latents: one kernel call, or more where the columns
+    (`call_candidates` places at first) fill up: rows that find no room wait for the next call,
+    which writes after the candidates that may still be stored (`_prune`); a thread takes
+    `stretch_candidates` places at a time. `kernel`: `score_rows` (default) or its uncompiled
+    `score_rows.py_func`."""
     run: Callable[..., None] = kernel or score_rows
     scratch.best[:] = -np.inf  # running best scores start afresh in each block
     scratch.reach[:] = -np.inf
     bound = np.minimum(layout.coactivations(block, parent), parent.d_sae)
     threads = scratch.slot.shape[0]
     coacts = np.zeros((threads, 2), np.int64)  # co-activations, pairs
+    floor = float(params.store_floor)
     args = (
         block.lo,
         block.indptr,
@@ -152,7 +150,7 @@ def score_block(
         np.stack([p_sum_sq, p_max], axis=1).astype(np.float64),  # a pair reads one line
         c_sum_sq[block.lo : block.hi].astype(np.float64),
         c_max[block.lo : block.hi].astype(np.float64),
-        float(params.store_floor),
+        floor,
         params.top_parents,
         params.top_children,
         scratch.slot,
@@ -162,13 +160,23 @@ def score_block(
         scratch.reach,
         scratch.row_top,
     )
-    pieces = []
     rows = np.arange(block.hi - block.lo, dtype=np.int64)
+    columns = {name: np.empty(0, dt) for name, dt in COLUMNS.items()}
+    filled = calls = grown = 0  # candidates at the front of the columns; calls; copies
     while len(rows):
         need = int(bound[rows].sum()) + threads * (stretch_candidates + parent.d_sae)
-        room = min(need, max(call_candidates, stretch_candidates, parent.d_sae))
-        columns = {name: np.empty(room, dt) for name, dt in COLUMNS.items()}
-        cursor = np.zeros(1, np.int64)
+        size = min(need, max(call_candidates, stretch_candidates, parent.d_sae))
+        if calls:  # rows waited: drop what can no longer be stored, go on after the rest
+            c = columns
+            filled = _prune(
+                c["parent"], c["child"], c["masked_cos"], c["masked_cos_parent"],
+                c["max_ratio"], c["score"], c["n_coactive"], c["child_top"],
+                filled, _kth_best(scratch, params), floor,
+            )  # fmt: skip
+        if len(columns["parent"]) - filled < max(size // 8, stretch_candidates + parent.d_sae):
+            columns = {name: _grown(col, filled, filled + size) for name, col in columns.items()}
+            grown += calls > 0
+        cursor = np.full(1, filled, np.int64)
         stretch = np.zeros((threads, 2), np.int64)  # each thread's next place and end
         waits = np.full(len(rows), -1, np.int64)  # where a row found no room, else -1
         run(rows, *args, *columns.values(), stretch_candidates, cursor, stretch, waits, coacts)
@@ -177,13 +185,68 @@ def score_block(
             _mark_unused(c["parent"], c["child"], c["score"], c["child_top"], at, end)
         waited = waits >= 0
         filled = int(waits[waited].min()) if waited.any() else int(cursor[0])
-        pieces.append({name: col[:filled] for name, col in columns.items()})
         rows = rows[waited]
-    found = Candidates.join(pieces)
-    found.n_coactivations = int(coacts[:, 0].sum())
-    found.n_pairs = int(coacts[:, 1].sum())
-    found.parent_best = scores.best_scores(scratch.best, params.top_children)
-    return found
+        calls += 1
+    return Candidates(
+        {name: col[:filled] for name, col in columns.items()},
+        n_coactivations=int(coacts[:, 0].sum()),
+        n_pairs=int(coacts[:, 1].sum()),
+        parent_best=scores.best_scores(scratch.best, params.top_children),
+        calls=calls,
+        grown=grown,
+    )
+
+
+def _grown(column: np.ndarray, filled: int, size: int) -> np.ndarray:
+    """A column of `size` places that starts with the `filled` first of `column`."""
+    out = np.empty(size, column.dtype)
+    out[:filled] = column[:filled]
+    return out
+
+
+def _kth_best(scratch: Scratch, params: scores.EdgeParams) -> np.ndarray:
+    """Each parent's top_children-th best score among the pairs scored so far in the block
+    (-inf while it has fewer; +inf where no parent keeps its best children): a pair below it
+    is not among its parent's best at the end either."""
+    if params.top_children <= 0:
+        return np.full(scratch.best.shape[1], np.inf)
+    return np.ascontiguousarray(scores.best_scores(scratch.best, params.top_children)[:, -1])
+
+
+@numba.njit(cache=True, nogil=True)
+def _prune(
+    parent: np.ndarray,
+    child: np.ndarray,
+    mc: np.ndarray,
+    mcp: np.ndarray,
+    ratio: np.ndarray,
+    score: np.ndarray,
+    n: np.ndarray,
+    top: np.ndarray,
+    filled: int,
+    kth: np.ndarray,
+    floor: float,
+) -> int:
+    """Move to the front of the columns the candidates of [0, filled) that `scores.finalize`
+    may still store (a superset: finite, and above the floor, among their child's best, or at
+    least their parent's k-th best so far); how many there are."""
+    kept = 0
+    for i in range(filled):
+        s = score[i]
+        if not np.isfinite(s):  # an unused place, or no edge
+            continue
+        if not (top[i] or _above_floor(s, max(mc[i], mcp[i]), floor) or s >= kth[parent[i]]):
+            continue
+        parent[kept] = parent[i]
+        child[kept] = child[i]
+        mc[kept] = mc[i]
+        mcp[kept] = mcp[i]
+        ratio[kept] = ratio[i]
+        score[kept] = s
+        n[kept] = n[i]
+        top[kept] = top[i]
+        kept += 1
+    return kept
 
 
 @numba.njit(cache=True, nogil=True)

@@ -378,9 +378,14 @@ def _device_blocks(
                 c_values,
                 coacts,
             )
-        with w.clock.phase("candidates"):
+        # Three phases (each synchronised on a GPU), so that a block's fixed costs show where
+        # they lie: scoring the touched pairs, choosing the candidates, copying them to the host.
+        with w.clock.phase("score"):
             scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
-            cands = scores_.candidates(scored, w.params).cpu()
+        with w.clock.phase("candidates"):
+            cands = scores_.candidates(scored, w.params)
+        with w.clock.phase("to host"):
+            cands = cands.cpu()
         yield BlockResult(cands, None, None, coacts, len(scored))
 
 

@@ -13,7 +13,12 @@ from tests.unit.test_engine import sparse_matrix
 
 
 def _candidates(
-    parent: np.ndarray, child: np.ndarray, compiled: bool, floor: float = 0.4
+    parent: np.ndarray,
+    child: np.ndarray,
+    compiled: bool,
+    floor: float = 0.4,
+    call_candidates: int = 1,  # room for a row or two per call: rows wait, calls repeat
+    stretch_candidates: int = 2,  # and threads take new stretches often
 ) -> cpu_kernel.Candidates:
     p_src = chunks.DenseSource(torch.from_numpy(parent))
     c_src = chunks.DenseSource(torch.from_numpy(child))
@@ -36,8 +41,8 @@ def _candidates(
         params,
         scratch,
         kernel=cpu_kernel.score_rows if compiled else cpu_kernel.score_rows.py_func,
-        call_candidates=1,  # room for a row or two per call: rows wait, calls repeat
-        stretch_candidates=2,  # and threads take new stretches often
+        call_candidates=call_candidates,
+        stretch_candidates=stretch_candidates,
     )
     return found
 
@@ -85,6 +90,48 @@ def test_adversarial_rows_equal_the_python_function() -> None:
     # Parent 0 keeps its top 3 children by (score, lowest index) among the 5 tied ones: the
     # running best keeps ties, so all five are candidates and `finalize` ranks them.
     assert {c for p, c in compiled if p == 0} >= {0, 1, 2}
+
+
+def _stored(found: cpu_kernel.Candidates, floor: float) -> dict[tuple[int, int], tuple]:
+    """The edges `scores.finalize` stores from a block's candidates, as the engine calls it."""
+    edges = scores.finalize(
+        scores.Edges.of(*(found.column(name) for name in scores.DTYPES)),
+        scores.EdgeParams(store_floor=floor),
+        child_top=torch.from_numpy(found.column("child_top")),
+        parent_best=found.parent_best,
+    )
+    columns = [getattr(edges, name).tolist() for name in scores.DTYPES]
+    return {(row[0], row[1]): tuple(row[2:]) for row in zip(*columns, strict=True)}
+
+
+@pytest.mark.parametrize("floor", [0.4, 0.9])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_calls_that_fill_the_columns_store_the_same_edges(floor: float, compiled: bool) -> None:
+    """Columns too small for a block's candidates: calls repeat, each going on after the
+    candidates that may still be stored (the columns grow by a copy only where that frees too
+    little room), and the stored edges are those of one call into roomy columns."""
+    rng = np.random.default_rng(3)
+    parent = sparse_matrix(rng, 400, 40, 0.2)
+    child = sparse_matrix(rng, 400, 120, 0.1)
+    one_call = _candidates(parent, child, compiled, floor, call_candidates=1 << 20)
+    want = _stored(one_call, floor)
+    assert one_call.calls == 1 and len(want) > 100
+    assert one_call.n_coactivations == int(((parent > 0).astype(int).T @ (child > 0)).sum())
+    for call_candidates in (1, 100, 400):
+        found = _candidates(parent, child, compiled, floor, call_candidates, stretch_candidates=4)
+        assert found.calls > 1
+        if call_candidates > 1:  # some calls went on in place
+            assert found.grown < found.calls - 1
+        assert (found.n_coactivations, found.n_pairs) == (
+            one_call.n_coactivations,
+            one_call.n_pairs,
+        )
+        assert found.parent_best is not None and one_call.parent_best is not None
+        assert np.array_equal(found.parent_best, one_call.parent_best)
+        got = _stored(found, floor)
+        assert got.keys() == want.keys()
+        for key in got:
+            assert got[key] == pytest.approx(want[key], rel=1e-12)
 
 
 @numba.njit(parallel=True)
