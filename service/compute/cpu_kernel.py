@@ -4,10 +4,11 @@ Sparse Gustavson, one child latent (a row) at a time, rows spread over threads: 
 active tokens (latent-major), and for each the parent latents active on that token (token-major,
 read in place; a few tokens ahead prefetched), accumulating the four sums of each parent the row
 meets in the thread's compact accumulator (float64), found through a parent-wide slot map. Then
-only those pairs are scored (`scores.parts`) and the row's candidates are written, once, into
-the block's columns: each thread fills stretches of its own (taken by an atomic add), so that
-no two threads fault in the same fresh pages. Work follows the co-activations; memory is the
-block's entries and candidates plus, per thread, a few arrays of d_sae(parent).
+only those pairs are scored (`scores.parts`), each where its sums were, the row's candidates
+counted, room taken for exactly that many, and they are written, once, into the block's
+columns: each thread fills stretches of its own (taken by an atomic add), so that no two threads
+fault in the same fresh pages. Work follows the co-activations; memory is the block's entries
+and candidates plus, per thread, a few arrays of d_sae(parent).
 
 Rows are the child's latents because a family's parent is the narrower sae: the random accesses
 of every co-activation then land in a map a quarter the size (256 KB at 65k -> 262k: the core's
@@ -26,9 +27,12 @@ multiply-adds per co-activation, 2 square roots and 3 divisions per pair, ~1e9 s
 operations/s per core -> ~0.5 s; bytes: each token visit reads a parent token row (512 bytes at
 a random place: DRAM, prefetched), each co-activation a 4-byte slot (L2) and 32 bytes of
 accumulator (L1), each pair its parent's statistics and running threshold, each candidate
-writes 34 bytes once (fresh pages): the latency of the token rows and of the slot loads is the
-limit. Measured (`python -m bench.engine --cases scale`): 3.3 s of kernel, 1.4e8 co-activations/s
-per core; 1k -> 4k at the same tokens, where pairs and candidates are 33x and 140x fewer, 1.0 s.
+writes 33 bytes once (fresh pages): the latency of the token rows and of the slot loads is the
+limit. Measured (`python -m bench.engine --cases scale`): 3.4 s of kernel, 1.4e8 co-activations/s
+per core; 1k -> 4k at the same tokens, where pairs and candidates are 33x and 140x fewer, 0.95 s.
+Tried and slower or within noise here: a branch-free first touch, a hash table in L1 in place
+of the slot map, a row in three passes (mark, place, add), products-only tests that skip the
+square roots of pairs far below every threshold.
 
 `score_rows.py_func` is the same function uncompiled: the plain reference the tests compare the
 compiled kernel to.
@@ -61,6 +65,10 @@ AHEAD_PAIRS = 8
 # stored are dropped (they grow, by a copy, only where that frees too little).
 CALL_CANDIDATES = 1 << 27
 
+# What a touched pair's mark says to write: a candidate (KEEP), which also raises its parent's
+# running best scores (RAISE); one of its child's best parents (TOP).
+_KEEP, _RAISE, _TOP = 1, 2, 4
+
 # Candidates in the stretch of the columns a thread takes at a time (2 MB of scores: a huge page).
 STRETCH = 1 << 18
 
@@ -82,7 +90,8 @@ class Scratch:
     touched: np.ndarray  # [threads, d_parent] int32
     best: np.ndarray  # [threads, d_parent, top_children]: each parent's running best scores
     reach: np.ndarray  # [threads, d_parent] float32: at most its running top_children-th best
-    row_top: np.ndarray  # [threads, top_parents, 3]: score, parent, where it is (see the kernel)
+    row_top: np.ndarray  # [threads, top_parents, 3]: score, parent, pair (see the kernel)
+    mark: np.ndarray  # [threads, d_parent] int64: a touched pair's count * 8 + what to write
 
     @classmethod
     def new(cls, n_threads: int, d_parent: int, params: scores.EdgeParams) -> Scratch:
@@ -93,14 +102,16 @@ class Scratch:
             np.zeros((n_threads, d_parent, max(params.top_children, 1))),
             np.zeros((n_threads, d_parent), np.float32),
             np.zeros((n_threads, max(params.top_parents, 1), 3)),
+            np.zeros((n_threads, d_parent), np.int64),
         )
 
 
 @dataclass
 class Candidates:
     """A block's candidate pairs (latent indices, score parts, counts) and what they cost. The
-    ends of the threads' stretches are unused places (score NaN, parent and child 0, not top),
-    which `scores.finalize` drops with the pairs it does not keep."""
+    rests of the threads' stretches are unused places (score NaN, parent and child 0, not top),
+    which `scores.finalize` drops with the pairs it does not keep: each shorter than the
+    candidates of the row that found no room there."""
 
     columns: dict[str, np.ndarray]
     n_coactivations: int = 0
@@ -159,6 +170,7 @@ def score_block(
         scratch.best,
         scratch.reach,
         scratch.row_top,
+        scratch.mark,
     )
     rows = np.arange(block.hi - block.lo, dtype=np.int64)
     columns = {name: np.empty(0, dt) for name, dt in COLUMNS.items()}
@@ -270,33 +282,6 @@ def _float32_below(x: float) -> np.float32:
     return t
 
 
-@numba.njit(error_model="numpy", cache=True, nogil=True)
-def _write(
-    at: int,
-    p: int,
-    child: int,
-    parts: tuple[float, float, float, float],
-    count: float,
-    top: bool,
-    out_parent: np.ndarray,
-    out_child: np.ndarray,
-    out_mc: np.ndarray,
-    out_mcp: np.ndarray,
-    out_ratio: np.ndarray,
-    out_score: np.ndarray,
-    out_n: np.ndarray,
-    out_top: np.ndarray,
-) -> None:
-    out_parent[at] = p
-    out_child[at] = child
-    out_mc[at] = parts[0]
-    out_mcp[at] = parts[1]
-    out_ratio[at] = parts[2]
-    out_score[at] = parts[3]
-    out_n[at] = np.int32(count)
-    out_top[at] = top
-
-
 @numba.njit(parallel=True, error_model="numpy", cache=True, nogil=True)
 def score_rows(
     rows: np.ndarray,
@@ -319,6 +304,7 @@ def score_rows(
     best_all: np.ndarray,
     reach_all: np.ndarray,
     row_top_all: np.ndarray,
+    mark_all: np.ndarray,
     out_parent: np.ndarray,
     out_child: np.ndarray,
     out_mc: np.ndarray,
@@ -377,29 +363,19 @@ def score_rows(
                     sums[s, 1] += a * a
                     sums[s, 2] += b2
                     sums[s, 3] += 1.0
-        # Room in the thread's stretch for the row's candidates, at most one per touched parent
-        # (a new stretch where the rest of this one is too short: that rest stays unused).
-        at, end = stretch[tid, 0], stretch[tid, 1]
-        if at + n_touched > end:
-            size = max(stretch_size, n_touched)
-            taken = cpu_ops.fetch_add(cursor, 0, size)
-            if taken + size > room:  # no room in this call: the row waits, with no effect
-                waits[q] = taken
-                for i in range(n_touched):
-                    slot[touched[i]] = -1
-                continue
-            _mark_unused(out_parent, out_child, out_score, out_top, at, end)
-            at = taken
-            stretch[tid, 1] = taken + size
-        # The row's best parents so far (score desc, parent asc) and where each is: its place
-        # in the columns, or -(its place in the accumulator + 2) while it is not written.
-        top = row_top_all[tid]
+        # Score every pair the row touched, deciding which to write, with no effect beyond the
+        # row (a row that then finds no room waits and is scored again): each pair's parts go
+        # where its sums were, its count and flags into `mark` (0: not written). A row meets
+        # each parent once, so deciding on the parents' running lists before any of its own
+        # pairs are put in them decides as putting them in one by one would.
+        top = row_top_all[tid]  # the row's best parents so far: score, parent, pair (desc, asc)
         top[:, 0] = -np.inf
         top[:, 1] = -1.0
         best = best_all[tid]
         reach = reach_all[tid]
+        mark = mark_all[tid]
         cs, cm = c_sum_sq[r], c_max[r]
-        child = r + row_offset
+        n_write = 0
         for i in range(n_touched):
             if i + AHEAD_PAIRS < n_touched:  # the statistics and threshold of a pair ahead
                 ahead = touched[i + AHEAD_PAIRS]
@@ -408,51 +384,71 @@ def score_rows(
                 cpu_ops.prefetch(slot, ahead)
             p = touched[i]
             slot[p] = -1
-            parts = _parts(sums[i, 0], sums[i, 1], sums[i, 2], p_stats[p, 0], cs, p_stats[p, 1], cm)
-            mc, mcp, _ratio, score = parts
-            if not np.isfinite(score):
+            mc, mcp, ratio, score = _parts(
+                sums[i, 0], sums[i, 1], sums[i, 2], p_stats[p, 0], cs, p_stats[p, 1], cm
+            )
+            flags = 0
+            if np.isfinite(score):
+                if _above_floor(score, max(mc, mcp), floor):  # max(...): mcs, as in Edges.mcs
+                    flags = _KEEP
+                # Among the parent's best children this thread has seen? `reach` (small: mostly
+                # in cache) says when to look at the exact list.
+                if top_children > 0 and score >= reach[p] and score >= best[p, top_children - 1]:
+                    flags = _KEEP | _RAISE
+                if top_parents > 0:
+                    pos = top_parents
+                    while pos > 0 and (
+                        score > top[pos - 1, 0]
+                        or (score == top[pos - 1, 0] and p < top[pos - 1, 1])
+                    ):
+                        pos -= 1
+                    if pos < top_parents:
+                        for k in range(top_parents - 1, pos, -1):
+                            top[k] = top[k - 1]
+                        top[pos, 0] = score
+                        top[pos, 1] = p
+                        top[pos, 2] = i
+            n_write += flags != 0
+            mark[i] = np.int64(sums[i, 3]) * 8 + flags
+            sums[i, 0] = mc
+            sums[i, 1] = mcp
+            sums[i, 2] = ratio
+            sums[i, 3] = score
+        for k in range(top_parents):  # the row's best parents are written, flagged
+            if top[k, 1] >= 0:
+                i = int(top[k, 2])
+                n_write += mark[i] % 8 == 0
+                mark[i] |= _TOP
+        # Room in the thread's stretch for exactly those (a new stretch where the rest of this
+        # one is too short: that rest stays unused).
+        at, end = stretch[tid, 0], stretch[tid, 1]
+        if at + n_write > end:
+            size = max(stretch_size, n_write)
+            taken = cpu_ops.fetch_add(cursor, 0, size)
+            if taken + size > room:  # no room in this call: the row waits, with no effect
+                waits[q] = taken
                 continue
-            keep = _above_floor(score, max(mc, mcp), floor)  # max(...): mcs, as in Edges.mcs
-            # Among the parent's best children this thread has seen? `reach` (small: mostly in
-            # cache) says when to look at the exact list. A row meets each parent once, so the
-            # lists it changes are not read again within it.
-            if top_children > 0 and score >= reach[p] and score >= best[p, top_children - 1]:
-                keep = True
+            _mark_unused(out_parent, out_child, out_score, out_top, at, end)
+            at = taken
+            stretch[tid, 1] = taken + size
+        child = r + row_offset
+        for i in range(n_touched):
+            flags = mark[i] % 8
+            if flags == 0:
+                continue
+            p = touched[i]
+            score = sums[i, 3]
+            if flags & _RAISE:
                 scores.push_best(best[p], score)
                 reach[p] = _float32_below(best[p, top_children - 1])
-            place = -(i + 2)
-            if keep:
-                place = at
-                at += 1
-                _write(
-                    place, p, child, parts, sums[i, 3], False,
-                    out_parent, out_child, out_mc, out_mcp, out_ratio, out_score, out_n, out_top,
-                )  # fmt: skip
-            if top_parents > 0:
-                pos = top_parents
-                while pos > 0 and (
-                    score > top[pos - 1, 0] or (score == top[pos - 1, 0] and p < top[pos - 1, 1])
-                ):
-                    pos -= 1
-                if pos < top_parents:
-                    for k in range(top_parents - 1, pos, -1):
-                        top[k] = top[k - 1]
-                    top[pos, 0] = score
-                    top[pos, 1] = p
-                    top[pos, 2] = place
-        for k in range(top_parents):
-            if top[k, 1] < 0:
-                continue
-            place = int(top[k, 2])
-            if place >= 0:
-                out_top[place] = True
-                continue
-            i, p = -place - 2, int(top[k, 1])
-            parts = _parts(sums[i, 0], sums[i, 1], sums[i, 2], p_stats[p, 0], cs, p_stats[p, 1], cm)
-            _write(
-                at, p, child, parts, sums[i, 3], True,
-                out_parent, out_child, out_mc, out_mcp, out_ratio, out_score, out_n, out_top,
-            )  # fmt: skip
+            out_parent[at] = p
+            out_child[at] = child
+            out_mc[at] = sums[i, 0]
+            out_mcp[at] = sums[i, 1]
+            out_ratio[at] = sums[i, 2]
+            out_score[at] = score
+            out_n[at] = mark[i] // 8
+            out_top[at] = (flags & _TOP) != 0
             at += 1
         stretch[tid, 0] = at
         coacts[tid, 0] += row_coacts  # once per row: the threads' counters share a cache line
