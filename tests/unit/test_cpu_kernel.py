@@ -19,6 +19,7 @@ def _candidates(
     floor: float = 0.4,
     call_candidates: int = 1,  # room for a row or two per call: rows wait, calls repeat
     stretch_candidates: int = 2,  # and threads take new stretches often
+    tops: tuple[int, int] = (3, 3),  # top_parents, top_children
 ) -> cpu_kernel.Candidates:
     p_src = chunks.DenseSource(torch.from_numpy(parent))
     c_src = chunks.DenseSource(torch.from_numpy(child))
@@ -29,7 +30,7 @@ def _candidates(
     p_rows, c_rows = layout.token_major(p_src), layout.token_major(c_src)
     block = layout.latent_major(c_rows, 0, c_rows.d_sae)
     threads = numba.get_num_threads() if compiled else 1
-    params = scores.EdgeParams(store_floor=floor)
+    params = scores.EdgeParams(floor, *tops)
     scratch = cpu_kernel.Scratch.new(threads, p_rows.d_sae, params)
     found = cpu_kernel.score_block(
         block,
@@ -92,11 +93,13 @@ def test_adversarial_rows_equal_the_python_function() -> None:
     assert {c for p, c in compiled if p == 0} >= {0, 1, 2}
 
 
-def _stored(found: cpu_kernel.Candidates, floor: float) -> dict[tuple[int, int], tuple]:
+def _stored(
+    found: cpu_kernel.Candidates, params: scores.EdgeParams
+) -> dict[tuple[int, int], tuple]:
     """The edges `scores.finalize` stores from a block's candidates, as the engine calls it."""
     edges = scores.finalize(
         scores.Edges.of(*(found.column(name) for name in scores.DTYPES)),
-        scores.EdgeParams(store_floor=floor),
+        params,
         child_top=torch.from_numpy(found.column("child_top")),
         parent_best=found.parent_best,
     )
@@ -104,34 +107,42 @@ def _stored(found: cpu_kernel.Candidates, floor: float) -> dict[tuple[int, int],
     return {(row[0], row[1]): tuple(row[2:]) for row in zip(*columns, strict=True)}
 
 
-@pytest.mark.parametrize("floor", [0.4, 0.9])
+@pytest.mark.parametrize(
+    ("floor", "tops"), [(0.4, (3, 3)), (0.9, (3, 3)), (0.9, (0, 2)), (0.9, (1, 0))]
+)
 @pytest.mark.parametrize("compiled", [True, False])
-def test_calls_that_fill_the_columns_store_the_same_edges(floor: float, compiled: bool) -> None:
+def test_calls_that_fill_the_columns_store_the_same_edges(
+    floor: float, tops: tuple[int, int], compiled: bool
+) -> None:
     """Columns too small for a block's candidates: calls repeat, each going on after the
     candidates that may still be stored (the columns grow by a copy only where that frees too
     little room), and the stored edges are those of one call into roomy columns."""
     rng = np.random.default_rng(3)
     parent = sparse_matrix(rng, 400, 40, 0.2)
     child = sparse_matrix(rng, 400, 120, 0.1)
-    one_call = _candidates(parent, child, compiled, floor, call_candidates=1 << 20)
-    want = _stored(one_call, floor)
-    assert one_call.calls == 1 and len(want) > 100
+    params = scores.EdgeParams(floor, *tops)
+    one_call = _candidates(parent, child, compiled, floor, call_candidates=1 << 20, tops=tops)
+    want = _stored(one_call, params)
+    assert one_call.calls == 1 and len(want) > 50
     assert one_call.n_coactivations == int(((parent > 0).astype(int).T @ (child > 0)).sum())
-    for call_candidates in (1, 100, 400):
-        found = _candidates(parent, child, compiled, floor, call_candidates, stretch_candidates=4)
+    in_place = 0
+    for call_candidates in (1, 20, 50):
+        found = _candidates(
+            parent, child, compiled, floor, call_candidates, stretch_candidates=4, tops=tops
+        )
         assert found.calls > 1
-        if call_candidates > 1:  # some calls went on in place
-            assert found.grown < found.calls - 1
+        in_place += found.calls - 1 - found.grown  # calls that went on in the same columns
         assert (found.n_coactivations, found.n_pairs) == (
             one_call.n_coactivations,
             one_call.n_pairs,
         )
         assert found.parent_best is not None and one_call.parent_best is not None
         assert np.array_equal(found.parent_best, one_call.parent_best)
-        got = _stored(found, floor)
+        got = _stored(found, params)
         assert got.keys() == want.keys()
         for key in got:
             assert got[key] == pytest.approx(want[key], rel=1e-12)
+    assert in_place > 0 or tops[1] == 0  # no candidate waits on its parent's rank: all stay
 
 
 @numba.njit(parallel=True)
