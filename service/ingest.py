@@ -74,7 +74,7 @@ def _stage(
     """Stream blocks into the store while folding them into the per-latent statistics."""
     cpu = torch.device("cpu")
     acc = stats_.StatsAccumulator(d_sae, cpu)
-    top = stats_.TopAccumulator(d_sae, config.top_activations, cpu)
+    top = stats_.TopAccumulator(d_sae, config.top_activations)
 
     def counted() -> Iterable[chunks_.SparseChunk]:
         for block in blocks:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -84,40 +86,54 @@ class Top:
 
 
 class TopAccumulator:
-    """Streams chunks into each latent's `k` largest activations and their token positions."""
+    """Streams chunks into each latent's `k` largest activations and their token positions,
+    on the CPU: one compiled pass over each chunk's entries (most fall below their latent's
+    k-th value at once)."""
 
-    def __init__(self, d_sae: int, k: int, device: torch.device) -> None:
-        self.k = k
-        self.values = torch.full((d_sae, k), -1.0, dtype=torch.float32, device=device)
-        self.positions = torch.full((d_sae, k), -1, dtype=torch.int64, device=device)
+    def __init__(self, d_sae: int, k: int) -> None:
+        self.values = np.full((d_sae, k), -1.0, np.float32)  # -1: an empty place
+        self.positions = np.full((d_sae, k), -1, np.int64)
 
     def add(self, chunk: chunks_.SparseChunk) -> None:
-        """Fold one chunk in: only entries above their latent's current k-th value compete."""
-        beats = chunk.values > self.values[chunk.cols, -1]
-        if not bool(beats.any()):
-            return
-        cols, values = chunk.cols[beats], chunk.values[beats]
-        positions = chunk.start + chunk.rows[beats]
-        touched = torch.unique(cols)
-        k = self.k
-        lat = torch.cat([touched.repeat_interleave(k), cols])
-        val = torch.cat([self.values[touched].flatten(), values])
-        pos = torch.cat([self.positions[touched].flatten(), positions])
-        # Order by latent, then value (largest first), then position (earliest first):
-        # three stable sorts, least significant key first.
-        order = torch.sort(pos, stable=True).indices
-        order = order[torch.sort(val[order], descending=True, stable=True).indices]
-        order = order[torch.sort(lat[order], stable=True).indices]
-        lat, val, pos = lat[order], val[order], pos[order]
-        group_start = torch.searchsorted(lat, touched)
-        slot = (
-            torch.arange(lat.numel(), device=lat.device)
-            - group_start[torch.searchsorted(touched, lat)]
+        _fold_top(
+            chunk.cols.cpu().numpy(),
+            chunk.values.cpu().to(torch.float32).numpy(),
+            chunk.rows.cpu().numpy(),
+            chunk.start,
+            self.values,
+            self.positions,
         )
-        keep = slot < k
-        self.values[lat[keep], slot[keep]] = val[keep]
-        self.positions[lat[keep], slot[keep]] = pos[keep]
 
     def result(self) -> Top:
-        positions = torch.where(self.values > 0, self.positions, -1)
-        return Top(positions.cpu(), self.values.clamp(min=0).cpu())
+        values = torch.from_numpy(self.values)
+        positions = torch.where(values > 0, torch.from_numpy(self.positions), -1)
+        return Top(positions, values.clamp(min=0))
+
+
+@numba.njit(cache=True, nogil=True)
+def _fold_top(
+    cols: np.ndarray,
+    values: np.ndarray,
+    rows: np.ndarray,
+    start: int,
+    top_values: np.ndarray,
+    top_positions: np.ndarray,
+) -> None:
+    """Put each entry (latent, value, token start + row) in its latent's list, kept in order:
+    value descending, then token ascending (whatever order the entries come in)."""
+    k = top_values.shape[1]
+    for i in range(len(cols)):
+        c, v, t = cols[i], values[i], start + rows[i]
+        at = k
+        while at > 0 and (
+            v > top_values[c, at - 1]
+            or (v == top_values[c, at - 1] and t < top_positions[c, at - 1])
+        ):
+            at -= 1
+        if at == k:
+            continue
+        for j in range(k - 1, at, -1):
+            top_values[c, j] = top_values[c, j - 1]
+            top_positions[c, j] = top_positions[c, j - 1]
+        top_values[c, at] = v
+        top_positions[c, at] = t
