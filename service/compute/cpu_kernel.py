@@ -183,7 +183,7 @@ def score_block(
             filled = _prune(
                 c["parent"], c["child"], c["masked_cos"], c["masked_cos_parent"],
                 c["max_ratio"], c["score"], c["n_coactive"], c["child_top"],
-                filled, _kth_best(scratch, params), floor,
+                filled, _parents_kth_so_far(scratch, params), floor,
             )  # fmt: skip
         if len(columns["parent"]) - filled < max(size // 8, stretch_candidates + parent.d_sae):
             columns = {name: _grown(col, filled, filled + size) for name, col in columns.items()}
@@ -216,7 +216,7 @@ def _grown(column: np.ndarray, filled: int, size: int) -> np.ndarray:
     return out
 
 
-def _kth_best(scratch: Scratch, params: scores.EdgeParams) -> np.ndarray:
+def _parents_kth_so_far(scratch: Scratch, params: scores.EdgeParams) -> np.ndarray:
     """Each parent's top_children-th best score among the pairs scored so far in the block
     (-inf while it has fewer; +inf where no parent keeps its best children): a pair below it
     is not among its parent's best at the end either."""
