@@ -40,6 +40,7 @@ compiled kernel to.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,6 +58,12 @@ _above_floor = numba.njit(cache=True)(scores.above_floor)
 # scoring (random places in arrays of d_sae(parent): L2 or L3). Each ~3-4% at 65k -> 262k.
 AHEAD = 4
 AHEAD_PAIRS = 8
+
+# A row is sparse where its co-activations are expected to be under SPARSE x d_sae(parent): many
+# are then its first with their parent (29% at 65k -> 262k, 1% at 1k -> 4k), a branch the core
+# mispredicts, so they are added without one (`_add_sparse`; 7% faster there, within noise for
+# dense rows, which keep the branch).
+SPARSE = 4
 
 # The most candidates a block's columns are allocated for at first (virtual memory: only the
 # pages written are used). A block needs at most the sum over its rows of min(co-activations,
@@ -86,7 +93,8 @@ class Scratch:
     the parents' running best scores and the row's best parents."""
 
     slot: np.ndarray  # [threads, d_parent] int32: a parent's place in the accumulator, or -1
-    sums: np.ndarray  # [threads, d_parent, 4]: ab, aa, bb, n of the row's touched parents
+    sums: np.ndarray  # [threads, d_parent, 4]: ab, aa, bb, n of the row's touched parents (else 0)
+    parts: np.ndarray  # [threads, 5, d_parent]: the touched pairs' sums and statistics, by column
     touched: np.ndarray  # [threads, d_parent] int32
     best: np.ndarray  # [threads, d_parent, top_children]: each parent's running best scores
     reach: np.ndarray  # [threads, d_parent] float32: at most its running top_children-th best
@@ -98,6 +106,7 @@ class Scratch:
         return cls(
             np.full((n_threads, d_parent), -1, np.int32),
             np.zeros((n_threads, d_parent, 4)),
+            np.zeros((n_threads, 5, d_parent)),
             np.zeros((n_threads, d_parent), np.int32),
             np.zeros((n_threads, d_parent, max(params.top_children, 1))),
             np.zeros((n_threads, d_parent), np.float32),
@@ -166,6 +175,7 @@ def score_block(
         params.top_children,
         scratch.slot,
         scratch.sums,
+        scratch.parts,
         scratch.touched,
         scratch.best,
         scratch.reach,
@@ -210,8 +220,14 @@ def score_block(
 
 
 def _grown(column: np.ndarray, filled: int, size: int) -> np.ndarray:
-    """A column of `size` places that starts with the `filled` first of `column`."""
-    out = np.empty(size, column.dtype)
+    """A column of `size` places that starts with the `filled` first of `column`.
+
+    Mapped on its own, without the transparent-huge-page hint numpy gives large arrays: where
+    THP is in `madvise` mode (as here, and the kernel's default), a hinted fault may stall in
+    direct compaction, and a block's columns are hundreds of MB written once. Measured at
+    65k -> 262k (780 MB of candidates), a first block in a fresh process: 2.7-3.2 s with the
+    hint, 2.5-2.8 s without; later blocks alike."""
+    out = np.frombuffer(mmap.mmap(-1, max(size * column.itemsize, 1)), column.dtype, size)
     out[:filled] = column[:filled]
     return out
 
@@ -282,6 +298,73 @@ def _float32_below(x: float) -> np.float32:
     return t
 
 
+@numba.njit(inline="always", nogil=True)
+def _add_dense(
+    p_indices: np.ndarray,
+    p_values: np.ndarray,
+    lo: int,
+    hi: int,
+    b: float,
+    slot: np.ndarray,
+    sums: np.ndarray,
+    touched: np.ndarray,
+    n_touched: int,
+) -> int:
+    """Add a token's co-activations (parent entries lo..hi, child value b) to a row's sums; the
+    row's touched parents after."""
+    b2 = b * b
+    for e in range(lo, hi):
+        p = p_indices[e]
+        a = np.float64(p_values[e])
+        s = slot[p]
+        if s < 0:  # the row's first co-activation with this parent
+            s = n_touched
+            slot[p] = s
+            touched[s] = p
+            n_touched += 1
+            sums[s, 0] = a * b
+            sums[s, 1] = a * a
+            sums[s, 2] = b2
+            sums[s, 3] = 1.0
+        else:
+            sums[s, 0] += a * b
+            sums[s, 1] += a * a
+            sums[s, 2] += b2
+            sums[s, 3] += 1.0
+    return n_touched
+
+
+@numba.njit(inline="always", nogil=True)
+def _add_sparse(
+    p_indices: np.ndarray,
+    p_values: np.ndarray,
+    lo: int,
+    hi: int,
+    b: float,
+    slot: np.ndarray,
+    sums: np.ndarray,
+    touched: np.ndarray,
+    n_touched: int,
+) -> int:
+    """`_add_dense` without a branch: every co-activation writes its slot and touched place (a
+    first one at n_touched), and adds to sums that start at 0."""
+    b2 = b * b
+    for e in range(lo, hi):
+        p = p_indices[e]
+        a = np.float64(p_values[e])
+        s = slot[p]
+        fresh = s < 0
+        s = n_touched if fresh else s
+        slot[p] = s
+        touched[s] = p
+        n_touched += fresh
+        sums[s, 0] += a * b
+        sums[s, 1] += a * a
+        sums[s, 2] += b2
+        sums[s, 3] += 1.0
+    return n_touched
+
+
 @numba.njit(parallel=True, error_model="numpy", cache=True, nogil=True)
 def score_rows(
     rows: np.ndarray,
@@ -300,6 +383,7 @@ def score_rows(
     top_children: int,
     slot_all: np.ndarray,
     sums_all: np.ndarray,
+    parts_all: np.ndarray,
     touched_all: np.ndarray,
     best_all: np.ndarray,
     reach_all: np.ndarray,
@@ -324,6 +408,8 @@ def score_rows(
     a row that finds no room marks where in `waits` and is left, with no effect, for the next
     call."""
     room = len(out_parent)
+    n_entries = len(c_tokens)
+    per_token = len(p_indices) / max(len(p_indptr) - 1, 1)  # parent entries per token
     for q in numba.prange(len(rows)):
         r = rows[q]
         tid = numba.get_thread_id()
@@ -333,41 +419,33 @@ def score_rows(
         n_touched = 0
         row_coacts = 0
         first, last = c_indptr[r], c_indptr[r + 1]
+        sparse = (last - first) * per_token < SPARSE * len(slot)
         for j in range(first, last):
-            if j + 3 * AHEAD < last:  # where that token's entries start, for the prefetch below
+            # Prefetched past the row's end too: the next row's first tokens are the thread's
+            # next (a row of a wide child has few tokens: ~50 at 262k).
+            if j + 3 * AHEAD < n_entries:  # where that token's entries start, for the next
                 cpu_ops.prefetch(p_indptr, c_tokens[j + 3 * AHEAD])
-            if j + AHEAD < last:
+            if j + AHEAD < n_entries:
                 ahead = p_indptr[c_tokens[j + AHEAD]]
                 cpu_ops.prefetch(p_indices, ahead)
                 cpu_ops.prefetch(p_values, ahead)
             t = c_tokens[j]
             b = np.float64(c_values[j])
-            b2 = b * b
             lo, hi = p_indptr[t], p_indptr[t + 1]
             row_coacts += hi - lo
-            for e in range(lo, hi):
-                p = p_indices[e]
-                a = np.float64(p_values[e])
-                s = slot[p]
-                if s < 0:  # the row's first co-activation with this parent
-                    s = n_touched
-                    slot[p] = s
-                    touched[s] = p
-                    n_touched += 1
-                    sums[s, 0] = a * b
-                    sums[s, 1] = a * a
-                    sums[s, 2] = b2
-                    sums[s, 3] = 1.0
-                else:
-                    sums[s, 0] += a * b
-                    sums[s, 1] += a * a
-                    sums[s, 2] += b2
-                    sums[s, 3] += 1.0
+            if sparse:
+                n_touched = _add_sparse(
+                    p_indices, p_values, lo, hi, b, slot, sums, touched, n_touched
+                )
+            else:
+                n_touched = _add_dense(
+                    p_indices, p_values, lo, hi, b, slot, sums, touched, n_touched
+                )
         # Score every pair the row touched, deciding which to write, with no effect beyond the
         # row (a row that then finds no room waits and is scored again): each pair's parts go
-        # where its sums were, its count and flags into `mark` (0: not written). A row meets
-        # each parent once, so deciding on the parents' running lists before any of its own
-        # pairs are put in them decides as putting them in one by one would.
+        # in the row's columns (`parts`), its count and flags into `mark` (0: not written). A
+        # row meets each parent once, so deciding on the parents' running lists before any of
+        # its own pairs are put in them decides as putting them in one by one would.
         top = row_top_all[tid]  # the row's best parents so far: score, parent, pair (desc, asc)
         top[:, 0] = -np.inf
         top[:, 1] = -1.0
@@ -376,6 +454,10 @@ def score_rows(
         mark = mark_all[tid]
         cs, cm = c_sum_sq[r], c_max[r]
         n_write = 0
+        # Each pair's sums and its parent's statistics, gathered by column (and the sums and
+        # slot map reset for the next row), so that the parts are computed in vector registers.
+        cols = parts_all[tid]
+        ab, aa, bb, ps, pm = cols[0], cols[1], cols[2], cols[3], cols[4]
         for i in range(n_touched):
             if i + AHEAD_PAIRS < n_touched:  # the statistics and threshold of a pair ahead
                 ahead = touched[i + AHEAD_PAIRS]
@@ -384,12 +466,26 @@ def score_rows(
                 cpu_ops.prefetch(slot, ahead)
             p = touched[i]
             slot[p] = -1
-            mc, mcp, ratio, score = _parts(
-                sums[i, 0], sums[i, 1], sums[i, 2], p_stats[p, 0], cs, p_stats[p, 1], cm
-            )
+            ab[i] = sums[i, 0]
+            aa[i] = sums[i, 1]
+            bb[i] = sums[i, 2]
+            mark[i] = np.int64(sums[i, 3]) * 8
+            sums[i, 0] = sums[i, 1] = sums[i, 2] = sums[i, 3] = 0.0
+            ps[i] = p_stats[p, 0]
+            pm[i] = p_stats[p, 1]
+        for i in range(n_touched):  # in place: ab, aa, bb, ps become mc, mcp, ratio, score
+            m, mp, ratio, score = _parts(ab[i], aa[i], bb[i], ps[i], cs, pm[i], cm)
+            ab[i] = m
+            aa[i] = mp
+            bb[i] = ratio
+            ps[i] = score
+        mc, mcp, ratio, pair_score = ab, aa, bb, ps
+        for i in range(n_touched):
+            p = touched[i]
+            score = pair_score[i]
             flags = 0
             if np.isfinite(score):
-                if _above_floor(score, max(mc, mcp), floor):  # max(...): mcs, as in Edges.mcs
+                if _above_floor(score, max(mc[i], mcp[i]), floor):  # max(...): mcs (Edges.mcs)
                     flags = _KEEP
                 # Among the parent's best children this thread has seen? `reach` (small: mostly
                 # in cache) says when to look at the exact list.
@@ -409,11 +505,7 @@ def score_rows(
                         top[pos, 1] = p
                         top[pos, 2] = i
             n_write += flags != 0
-            mark[i] = np.int64(sums[i, 3]) * 8 + flags
-            sums[i, 0] = mc
-            sums[i, 1] = mcp
-            sums[i, 2] = ratio
-            sums[i, 3] = score
+            mark[i] += flags
         for k in range(top_parents):  # the row's best parents are written, flagged
             if top[k, 1] >= 0:
                 i = int(top[k, 2])
@@ -437,15 +529,15 @@ def score_rows(
             if flags == 0:
                 continue
             p = touched[i]
-            score = sums[i, 3]
+            score = pair_score[i]
             if flags & _RAISE:
                 scores.push_best(best[p], score)
                 reach[p] = _float32_below(best[p, top_children - 1])
             out_parent[at] = p
             out_child[at] = child
-            out_mc[at] = sums[i, 0]
-            out_mcp[at] = sums[i, 1]
-            out_ratio[at] = sums[i, 2]
+            out_mc[at] = mc[i]
+            out_mcp[at] = mcp[i]
+            out_ratio[at] = ratio[i]
             out_score[at] = score
             out_n[at] = mark[i] // 8
             out_top[at] = (flags & _TOP) != 0

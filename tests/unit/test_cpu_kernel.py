@@ -74,6 +74,16 @@ def test_compiled_kernel_equals_its_python_function(seed: int) -> None:
     assert compiled.n_coactivations == plain.n_coactivations
 
 
+@pytest.mark.parametrize("sparse", [0, 1 << 40])  # every row dense; every row sparse
+def test_sparse_and_dense_rows_add_alike(monkeypatch: pytest.MonkeyPatch, sparse: int) -> None:
+    rng = np.random.default_rng(3)
+    parent = sparse_matrix(rng, 200, 10, 0.2)
+    child = sparse_matrix(rng, 200, 30, 0.1)
+    mixed = _as_dict(_candidates(parent, child, compiled=False))
+    monkeypatch.setattr(cpu_kernel, "SPARSE", sparse)  # read when the plain function runs
+    assert _as_dict(_candidates(parent, child, compiled=False)) == mixed
+
+
 def test_adversarial_rows_equal_the_python_function() -> None:
     t = 50
     parent = np.zeros((t, 4), np.float32)
