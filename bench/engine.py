@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from service.compute import chunks, device, engine, layout, scores, stats
+from service.compute import chunks, cpu_kernel, device, engine, layout, scores, stats
 
 FLOOR = scores.EdgeParams().store_floor
 TOL = 1e-5
@@ -404,8 +404,9 @@ def _row(
 
 def _first_touch_ms_per_mib(mib: int = 512) -> float:
     """Milliseconds per MiB to write memory this process never touched, less a rewrite of it:
-    the page faults (on a VM with free page reporting, also the host's: up to ~1 ms/MiB)."""
-    fresh = np.empty(mib << 20, np.uint8)
+    the page faults (on a VM with free page reporting, also the host's: up to ~1 ms/MiB), in
+    memory such as the CPU kernel's candidate columns."""
+    fresh = cpu_kernel.unhinted_empty(mib << 20, np.dtype(np.uint8))
     started = time.perf_counter()
     fresh.fill(1)
     first = time.perf_counter() - started

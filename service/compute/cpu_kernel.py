@@ -220,16 +220,19 @@ def score_block(
 
 
 def _grown(column: np.ndarray, filled: int, size: int) -> np.ndarray:
-    """A column of `size` places that starts with the `filled` first of `column`.
-
-    Mapped on its own, without the transparent-huge-page hint numpy gives large arrays: where
-    THP is in `madvise` mode (as here, and the kernel's default), a hinted fault may stall in
-    direct compaction, and a block's columns are hundreds of MB written once. Measured at
-    65k -> 262k (780 MB of candidates), a first block in a fresh process: 2.7-3.2 s with the
-    hint, 2.5-2.8 s without; later blocks alike."""
-    out = np.frombuffer(mmap.mmap(-1, max(size * column.itemsize, 1)), column.dtype, size)
+    """A column of `size` places that starts with the `filled` first of `column`."""
+    out = unhinted_empty(size, column.dtype)
     out[:filled] = column[:filled]
     return out
+
+
+def unhinted_empty(size: int, dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array in memory mapped for it alone, without the transparent-huge-page
+    hint numpy gives large arrays: where THP is in `madvise` mode (as here, and the kernel's
+    default), a hinted fault may stall in direct compaction, and a block's columns are hundreds
+    of MB written once. Measured at 65k -> 262k (780 MB of candidates), a first block in a fresh
+    process: 2.7-3.2 s with the hint, 2.5-2.8 s without; later blocks alike."""
+    return np.frombuffer(mmap.mmap(-1, max(size * dtype.itemsize, 1)), dtype, size)
 
 
 def _parents_kth_so_far(scratch: Scratch, params: scores.EdgeParams) -> np.ndarray:
