@@ -3,8 +3,10 @@
 Sparse Gustavson, one child latent (a row) at a time, rows spread over threads: walk the row's
 active tokens (latent-major), and for each the parent latents active on that token (token-major,
 read in place; a few tokens ahead prefetched), accumulating the four sums of each parent the row
-meets in the thread's compact accumulator (float64), found through a parent-wide slot map. Then
-only those pairs are scored (`scores.parts`), each where its sums were, the row's candidates
+meets in the thread's compact accumulator (float64), found through a parent-wide slot map (in
+a sparse row, where a co-activation is often the row's first with its parent, without a
+branch). Then only those pairs are scored: their sums and parents' statistics gathered by
+column, their parts (`scores.parts`) computed in vector registers, the row's candidates
 counted, room taken for exactly that many, and they are written, once, into the block's
 columns: each thread fills stretches of its own (taken by an atomic add), so that no two threads
 fault in the same fresh pages. Work follows the co-activations; memory is the block's entries
@@ -27,12 +29,18 @@ multiply-adds per co-activation, 2 square roots and 3 divisions per pair, ~1e9 s
 operations/s per core -> ~0.5 s; bytes: each token visit reads a parent token row (512 bytes at
 a random place: DRAM, prefetched), each co-activation a 4-byte slot (L2) and 32 bytes of
 accumulator (L1), each pair its parent's statistics and running threshold, each candidate
-writes 33 bytes once (fresh pages): the latency of the token rows and of the slot loads is the
-limit. Measured (`python -m bench.engine --cases scale`): 3.4 s of kernel, 1.4e8 co-activations/s
-per core; 1k -> 4k at the same tokens, where pairs and candidates are 33x and 140x fewer, 0.95 s.
-Tried and slower or within noise here: a branch-free first touch, a hash table in L1 in place
-of the slot map, a row in three passes (mark, place, add), products-only tests that skip the
-square roots of pairs far below every threshold.
+writes 33 bytes once (fresh pages: 780 MB, ~0.45 s of faults here): the latency of the token
+rows and of the slot loads is the limit. Measured (`python -m bench.engine --cases scale`): 2.4 s
+of kernel, 1.0e8 co-activations/s per core; 1k -> 4k at the same tokens, where pairs and
+candidates are 33x and 140x fewer, 0.9 s. In one process, memory reused: 2.3 s, of which
+accumulating 1.5 s. Each of these took 4-7% off 65k -> 262k: the parts in vector registers
+(AVX-512: 1.0 ns a pair, 6.6 scalar; the pass before hid most of it under memory latency),
+sparse rows without the first-touch branch, the prefetch past a row's end; and writing the
+accumulator's reset as a slice (`sums[i, :] = 0.0`) cost 20%. Tried and slower or within noise
+here: a hash table in L1 in place of the slot map, a row in three passes (mark, place, add),
+products-only tests that skip the square roots of pairs far below every threshold, a 16-bit slot
+map (3%; a dense row may touch all 65,536 parents), a list of the pairs to write in place of a
+test of each pair's mark.
 
 `score_rows.py_func` is the same function uncompiled: the plain reference the tests compare the
 compiled kernel to.
