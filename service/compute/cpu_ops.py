@@ -13,7 +13,7 @@ from llvmlite import ir
 from numba.core import cgutils
 
 
-def prefetch(array: np.ndarray, index: int) -> None:
+def prefetch(array: np.ndarray, index: int | np.integer[Any]) -> None:
     """Ask the core to bring array[index]'s cache line in (a hint: no effect on results)."""
 
 
