@@ -30,17 +30,18 @@ operations/s per core -> ~0.5 s; bytes: each token visit reads a parent token ro
 a random place: DRAM, prefetched), each co-activation a 4-byte slot (L2) and 32 bytes of
 accumulator (L1), each pair its parent's statistics and running threshold, each candidate
 writes 33 bytes once (fresh pages: 780 MB, ~0.45 s of faults here): the latency of the token
-rows and of the slot loads is the limit. Measured (`python -m bench.engine --cases scale`): 2.4 s
-of kernel, 1.0e8 co-activations/s per core; 1k -> 4k at the same tokens, where pairs and
-candidates are 33x and 140x fewer, 0.9 s. In one process, memory reused: 2.3 s, of which
-accumulating 1.5 s. Each of these took 4-7% off 65k -> 262k: the parts in vector registers
-(AVX-512: 1.0 ns a pair, 6.6 scalar; the pass before hid most of it under memory latency),
-sparse rows without the first-touch branch, the prefetch past a row's end; and writing the
-accumulator's reset as a slice (`sums[i, :] = 0.0`) cost 20%. Tried and slower or within noise
-here: a hash table in L1 in place of the slot map, a row in three passes (mark, place, add),
-products-only tests that skip the square roots of pairs far below every threshold, a 16-bit slot
-map (3%; a dense row may touch all 65,536 parents), a list of the pairs to write in place of a
-test of each pair's mark.
+rows and of the slot loads is the limit. Measured (`python -m bench.engine --cases scale`): 2.1 s
+of kernel, 1.1e8 co-activations/s per core; 1k -> 4k at the same tokens, where pairs and
+candidates are 33x and 140x fewer, 0.8 s. In one process, memory reused: 2.1 s, of which
+accumulating 1.2 s, scoring and deciding 0.7 s, writing 0.2 s. Each of these took 4-7% off
+65k -> 262k: the parts in vector registers (AVX-512: 1.0 ns a pair, 6.6 scalar; the pass before
+hid most of it under memory latency), sparse rows without the first-touch branch, the prefetch
+past a row's end; unsigned indices 11% (at 1k -> 4k too); and writing the accumulator's reset
+as a slice (`sums[i, :] = 0.0`) cost 20%. Tried and slower or within noise here: a hash table in
+L1 in place of the slot map, a row in three passes (mark, place, add), products-only tests that
+skip the square roots of pairs far below every threshold, a 16-bit slot map (3%; a dense row may
+touch all 65,536 parents), a list of the pairs to write in place of a test of each pair's mark,
+the ranks looked at only where a pair reaches a gathered threshold (one loop or three).
 
 `score_rows.py_func` is the same function uncompiled: the plain reference the tests compare the
 compiled kernel to.
