@@ -364,6 +364,13 @@ def _device_blocks(
         per_token = c_indptr.diff()
         p_indptr, p_tokens, p_values = layout.latent_major_on(w.parent, w.dev)
         p_stats, c_stats = (_on(w.parent_stats, w.dev), _on(w.child_stats, w.dev))
+    # Each child's best scores over the blocks so far: its candidates' threshold.
+    child_best = torch.full(
+        (w.child.d_sae, max(w.params.top_parents, 1)),
+        -torch.inf,
+        dtype=torch.float64,
+        device=w.dev,
+    )
     for lo, hi in w.blocks:
         with w.clock.phase("sums"):
             first, last = int(p_indptr[lo]), int(p_indptr[hi])
@@ -383,7 +390,7 @@ def _device_blocks(
         with w.clock.phase("score"):
             scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
         with w.clock.phase("candidates"):
-            cands = scores_.candidates(scored, w.params)
+            cands = scores_.candidates(scored, w.params, child_best)
         with w.clock.phase("to host"):
             cands = cands.cpu()
         yield BlockResult(cands, None, None, coacts, len(scored))

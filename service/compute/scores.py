@@ -171,16 +171,28 @@ def empty() -> Edges:
     return Edges.of(*(torch.zeros(0) for _ in fields(Edges)))
 
 
-def candidates(edges: Edges, params: EdgeParams) -> Edges:
+def candidates(edges: Edges, params: EdgeParams, child_best: Tensor | None = None) -> Edges:
     """A block's candidates among its scored pairs, on their device: a superset of its stored
     edges (finite; above the floor, or scoring at least the k-th best distinct score of their
     parent or child in the block: each group's k best and their ties). No sort: k rounds of a
-    per-group maximum (`finalize` ranks the few survivors exactly)."""
+    per-group maximum (`finalize` ranks the few survivors exactly).
+
+    `child_best` ([d_child, top_parents], on the device): scores of the earlier blocks' pairs,
+    the best of each child (-inf where fewer), raised here with this block's. A child's
+    threshold is then its k-th best over every block so far, not this block's alone: where a
+    block holds few parents, nearly every pair is among its child's best in the block."""
     finite = torch.isfinite(edges.score)
     score = torch.where(finite, edges.score, -torch.inf)
     keep = above_floor(edges.score, edges.mcs, params.store_floor)
     keep |= score >= _kth_best(edges.parent, score, params.top_children)
-    keep |= score >= _kth_best(edges.child, score, params.top_parents)
+    if child_best is None or params.top_parents <= 0:
+        keep |= score >= _kth_best(edges.child, score, params.top_parents)
+    else:  # raised where this block has pairs
+        block = _best_distinct(edges.child, score, params.top_parents, len(child_best))
+        touched = torch.nonzero(block[:, 0] > -torch.inf).squeeze(1)
+        raised = torch.cat([child_best[touched], block[touched]], dim=1)
+        child_best[touched] = raised.topk(params.top_parents, dim=1).values
+        keep |= score >= child_best[edges.child.long(), -1]
     return edges.select(keep & finite)
 
 
@@ -189,14 +201,19 @@ def _kth_best(group: Tensor, score: Tensor, k: int) -> Tensor:
     every pair at or above it is among the group's k best or tied with them."""
     if len(group) == 0 or k <= 0:
         return torch.full_like(score, torch.inf)
+    return _best_distinct(group, score, k, int(group.max()) + 1)[group.long(), -1]
+
+
+def _best_distinct(group: Tensor, score: Tensor, k: int, n_groups: int) -> Tensor:
+    """Each group's k best distinct scores ([n_groups, k], descending; -inf where fewer):
+    the best, then each next below it, by k rounds of a per-group maximum."""
     g = group.long()
-    n_groups = int(g.max()) + 1
-    bound = torch.full((n_groups,), -torch.inf, dtype=score.dtype, device=score.device)
-    bound.scatter_reduce_(0, g, score, "amax")  # the best; then each next distinct score
-    for _ in range(k - 1):
-        below = torch.where(score < bound[g], score, -torch.inf)
-        bound = torch.full_like(bound, -torch.inf).scatter_reduce_(0, g, below, "amax")
-    return bound[g]
+    best = torch.full((n_groups, k), -torch.inf, dtype=score.dtype, device=score.device)
+    best[:, 0].scatter_reduce_(0, g, score, "amax")
+    for j in range(1, k):
+        below = torch.where(score < best[g, j - 1], score, -torch.inf)
+        best[:, j].scatter_reduce_(0, g, below, "amax")
+    return best
 
 
 def finalize(

@@ -231,6 +231,26 @@ def test_top_children_are_kept_below_the_floor(backend: str) -> None:
     assert set(as_dict(result.edges)) == want and len(want) == 3
 
 
+def test_device_candidates_drop_pairs_below_their_childs_best_in_earlier_blocks() -> None:
+    # Two blocks of one parent each: every pair is its child's best within its block, but in
+    # the second only those at or above what the first block found for their child remain.
+    params = scores.EdgeParams(store_floor=10.0, top_parents=1, top_children=0)  # ranks only
+
+    def block(parent: int, score: list[float]) -> scores.Edges:
+        n = len(score)
+        return scores.Edges.of(
+            [parent] * n, list(range(n)), score, score, [1.0] * n, score, [1] * n
+        )
+
+    child_best = torch.full((3, 1), -torch.inf, dtype=torch.float64)
+    assert len(scores.candidates(block(0, [0.9, 0.8, 0.7]), params, child_best)) == 3
+    second = block(1, [0.5, 0.85, 0.7])
+    assert len(scores.candidates(second, params)) == 3  # the block alone keeps every pair
+    kept = scores.candidates(second, params, child_best)
+    assert kept.child.tolist() == [1, 2]  # beats child 1's best; ties child 2's (kept)
+    assert child_best[:, 0].tolist() == pytest.approx([0.9, 0.85, 0.7])
+
+
 @pytest.mark.parametrize("rows", [None, 1, 2])
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_tied_top_children_across_blocks(backend: str, rows: int | None) -> None:
