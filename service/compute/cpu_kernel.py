@@ -74,7 +74,7 @@ AHEAD_PAIRS = 8
 
 # A row is sparse where its co-activations are expected to be under SPARSE x d_sae(parent): many
 # are then its first with their parent (29% at 65k -> 262k, 1% at 1k -> 4k), a branch the core
-# mispredicts, so they are added without one (`_add_sparse`; 7% faster there, within noise for
+# mispredicts, so they are added without one (`_add`; 7% faster there, within noise for
 # dense rows, which keep the branch).
 SPARSE = 4
 
@@ -315,7 +315,7 @@ def _float32_below(x: float) -> np.float32:
 
 
 @numba.njit(inline="always", nogil=True)
-def _add_dense(
+def _add(
     p_indices: np.ndarray,
     p_values: np.ndarray,
     lo: int,
@@ -325,57 +325,28 @@ def _add_dense(
     sums: np.ndarray,
     touched: np.ndarray,
     n_touched: int,
+    sparse: bool,
 ) -> int:
-    """Add a token's co-activations (parent entries lo..hi, child value b) to a row's sums; the
-    row's touched parents after."""
+    """Add a token's co-activations (parent entries lo..hi, child value b) to a row's sums
+    (which start at 0); the row's touched parents after. In a `sparse` row, without a branch:
+    every co-activation writes its slot and touched place (a first one at n_touched)."""
     b2 = b * b
     for e in range(np.uint64(lo), np.uint64(hi)):
         p = np.uint64(p_indices[e])
         a = np.float64(p_values[e])
         s = slot[p]
-        if s < 0:  # the row's first co-activation with this parent
-            u = np.uint64(n_touched)
-            slot[p] = n_touched
-            touched[u] = p
+        if sparse:
+            fresh = s < 0
+            s = n_touched if fresh else s
+            slot[p] = s
+            touched[np.uint64(s)] = p
+            n_touched += fresh
+        elif s < 0:  # the row's first co-activation with this parent
+            s = n_touched
+            slot[p] = s
+            touched[np.uint64(s)] = p
             n_touched += 1
-            sums[u, 0] = a * b
-            sums[u, 1] = a * a
-            sums[u, 2] = b2
-            sums[u, 3] = 1.0
-        else:
-            u = np.uint64(s)
-            sums[u, 0] += a * b
-            sums[u, 1] += a * a
-            sums[u, 2] += b2
-            sums[u, 3] += 1.0
-    return n_touched
-
-
-@numba.njit(inline="always", nogil=True)
-def _add_sparse(
-    p_indices: np.ndarray,
-    p_values: np.ndarray,
-    lo: int,
-    hi: int,
-    b: float,
-    slot: np.ndarray,
-    sums: np.ndarray,
-    touched: np.ndarray,
-    n_touched: int,
-) -> int:
-    """`_add_dense` without a branch: every co-activation writes its slot and touched place (a
-    first one at n_touched), and adds to sums that start at 0."""
-    b2 = b * b
-    for e in range(np.uint64(lo), np.uint64(hi)):
-        p = np.uint64(p_indices[e])
-        a = np.float64(p_values[e])
-        s = slot[p]
-        fresh = s < 0
-        s = n_touched if fresh else s
         u = np.uint64(s)
-        slot[p] = s
-        touched[u] = p
-        n_touched += fresh
         sums[u, 0] += a * b
         sums[u, 1] += a * a
         sums[u, 2] += b2
@@ -451,14 +422,7 @@ def score_rows(
             b = np.float64(c_values[j])
             lo, hi = p_indptr[t], p_indptr[t + 1]
             row_coacts += hi - lo
-            if sparse:
-                n_touched = _add_sparse(
-                    p_indices, p_values, lo, hi, b, slot, sums, touched, n_touched
-                )
-            else:
-                n_touched = _add_dense(
-                    p_indices, p_values, lo, hi, b, slot, sums, touched, n_touched
-                )
+            n_touched = _add(p_indices, p_values, lo, hi, b, slot, sums, touched, n_touched, sparse)
         # Score every pair the row touched, deciding which to write, with no effect beyond the
         # row (a row that then finds no room waits and is scored again): each pair's parts go
         # in the row's columns (`parts`), its count and flags into `mark` (0: not written). A
