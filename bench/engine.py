@@ -140,7 +140,7 @@ def run_engine(
     )
     label = f"engine ({result.backend})"
     phases = ", ".join(f"{k} {v:.2f}" for k, v in result.phases.items())
-    note = f"{len(result.blocks)} blocks; seconds: {phases}"
+    note = f"{len(result.blocks)} blocks; {result.n_candidates:.3g} candidates; seconds: {phases}"
     return Run(label, result.seconds, result.n_coactivations, result.edges, note, result.n_pairs)
 
 

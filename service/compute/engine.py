@@ -55,6 +55,7 @@ class PairResult:
     child_stats: stats_.LatentStats
     n_coactivations: int
     n_pairs: int  # distinct co-active pairs, each scored once
+    n_candidates: int  # the blocks' candidates, which `finalize` chose the edges among
     blocks: list[tuple[int, int]]  # of the rows' latents (`ROWS`: the child's on the CPU)
     seconds: float
     backend: str
@@ -215,6 +216,7 @@ def score_pair(
     if len(found) != len(blocks):
         raise RuntimeError(f"{len(blocks) - len(found)} of {len(blocks)} blocks were not scored")
     with clock.phase("finalize"):
+        n_candidates = sum(int(torch.isfinite(r.candidates.score).sum()) for r in found)
         rows = ROWS[kind]  # a row's pairs are all in its block: its top is known
         row_tops = [r.row_top for r in found if r.row_top is not None]
         top = torch.cat(row_tops) if len(row_tops) == len(found) else None
@@ -237,6 +239,7 @@ def score_pair(
         child_stats,
         sum(r.n_coactivations for r in found),
         sum(r.n_pairs for r in found),
+        n_candidates,
         blocks,
         time.perf_counter() - started,
         kind,

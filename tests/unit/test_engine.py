@@ -98,6 +98,7 @@ def test_random_data_matches_reference(backend: str) -> None:
     assert_matches_reference(parent, child, result)
     assert result.n_coactivations == int(((parent > 0).astype(int).T @ (child > 0)).sum())
     assert result.n_pairs == len(reference.all_pairs(parent, child))
+    assert len(result.edges) <= result.n_candidates <= result.n_pairs  # edges among them
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
