@@ -241,10 +241,10 @@ def _grown(column: np.ndarray, filled: int, size: int) -> np.ndarray:
 
 def unhinted_empty(size: int, dtype: np.dtype) -> np.ndarray:
     """An uninitialised array in memory mapped for it alone, without the transparent-huge-page
-    hint numpy gives large arrays: where THP is in `madvise` mode (as here, and the kernel's
-    default), a hinted fault may stall in direct compaction, and a block's columns are hundreds
-    of MB written once. Measured at 65k -> 262k (780 MB of candidates), a first block in a fresh
-    process: 2.7-3.2 s with the hint, 2.5-2.8 s without; later blocks alike."""
+    hint numpy gives large arrays: where THP is in `madvise` mode (as here, and on many Linux
+    distributions), a hinted fault may stall in direct compaction, and a block's columns are
+    hundreds of MB written once. Measured at 65k -> 262k (780 MB of candidates), a first block
+    in a fresh process: 2.7-3.2 s with the hint, 2.5-2.8 s without; later blocks alike."""
     return np.frombuffer(mmap.mmap(-1, max(size * dtype.itemsize, 1)), dtype, size)
 
 
@@ -412,7 +412,7 @@ def score_rows(
         for j in range(np.uint64(first), np.uint64(last)):
             # Prefetched past the row's end too: the next row's first tokens are the thread's
             # next (a row of a wide child has few tokens: ~50 at 262k).
-            if j + 3 * AHEAD < n_entries:  # where that token's entries start, for the next
+            if j + 3 * AHEAD < n_entries:  # where that token's entries start (prefetched below)
                 cpu_ops.prefetch(p_indptr, c_tokens[j + 3 * AHEAD])
             if j + AHEAD < n_entries:
                 ahead = p_indptr[c_tokens[j + AHEAD]]
