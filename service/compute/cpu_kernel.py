@@ -138,6 +138,7 @@ class Candidates:
     columns: dict[str, np.ndarray]
     n_coactivations: int = 0
     n_pairs: int = 0  # distinct co-active pairs scored
+    n_candidates: int = 0  # places that hold a candidate (the others are unused)
     # Each parent's top_children best scores over the block's pairs (`scores.best_scores`).
     parent_best: np.ndarray | None = None
     calls: int = 0  # kernel calls the block took
@@ -170,7 +171,7 @@ def score_block(
     scratch.reach[:] = -np.inf
     bound = np.minimum(layout.coactivations(block, parent), parent.d_sae)
     threads = scratch.slot.shape[0]
-    coacts = np.zeros((threads, 2), np.int64)  # co-activations, pairs
+    coacts = np.zeros((threads, 3), np.int64)  # co-activations, pairs, candidates written
     floor = float(params.store_floor)
     args = (
         block.lo,
@@ -198,6 +199,7 @@ def score_block(
     rows = np.arange(block.hi - block.lo, dtype=np.int64)
     columns = {name: np.empty(0, dt) for name, dt in COLUMNS.items()}
     filled = calls = grown = 0  # candidates at the front of the columns; calls; copies
+    valid = 0  # of the filled places, those that hold a candidate (not unused)
     while len(rows):
         need = int(bound[rows].sum()) + threads * (stretch_candidates + parent.d_sae)
         size = min(need, max(call_candidates, stretch_candidates, parent.d_sae))
@@ -208,13 +210,16 @@ def score_block(
                 c["max_ratio"], c["score"], c["n_coactive"], c["child_top"],
                 filled, _parents_kth_so_far(scratch, params), floor,
             )  # fmt: skip
+            valid = filled  # what `_prune` keeps are candidates only
         if len(columns["parent"]) - filled < max(size // 8, stretch_candidates + parent.d_sae):
             columns = {name: _grown(col, filled, filled + size) for name, col in columns.items()}
             grown += calls > 0
         cursor = np.full(1, filled, np.int64)
         stretch = np.zeros((threads, 2), np.int64)  # each thread's next place and end
         waits = np.full(len(rows), -1, np.int64)  # where a row found no room, else -1
+        written = int(coacts[:, 2].sum())
         run(rows, *args, *columns.values(), stretch_candidates, cursor, stretch, waits, coacts)
+        valid += int(coacts[:, 2].sum()) - written
         c = columns
         for at, end in stretch.tolist():  # the rest of each thread's last stretch
             _mark_unused(c["parent"], c["child"], c["score"], c["child_top"], at, end)
@@ -226,6 +231,7 @@ def score_block(
         {name: col[:filled] for name, col in columns.items()},
         n_coactivations=int(coacts[:, 0].sum()),
         n_pairs=int(coacts[:, 1].sum()),
+        n_candidates=valid,
         parent_best=scores.best_scores(scratch.best, params.top_children),
         calls=calls,
         grown=grown,
@@ -528,6 +534,7 @@ def score_rows(
         stretch[tid, 0] = at
         coacts[tid, 0] += row_coacts  # once per row: the threads' counters share a cache line
         coacts[tid, 1] += n_touched
+        coacts[tid, 2] += n_write
 
 
 @numba.njit(parallel=True, cache=True)

@@ -216,7 +216,6 @@ def score_pair(
     if len(found) != len(blocks):
         raise RuntimeError(f"{len(blocks) - len(found)} of {len(blocks)} blocks were not scored")
     with clock.phase("finalize"):
-        n_candidates = sum(int(torch.isfinite(r.candidates.score).sum()) for r in found)
         rows = ROWS[kind]  # a row's pairs are all in its block: its top is known
         row_tops = [r.row_top for r in found if r.row_top is not None]
         top = torch.cat(row_tops) if len(row_tops) == len(found) else None
@@ -239,7 +238,7 @@ def score_pair(
         child_stats,
         sum(r.n_coactivations for r in found),
         sum(r.n_pairs for r in found),
-        n_candidates,
+        sum(r.n_candidates for r in found),
         blocks,
         time.perf_counter() - started,
         kind,
@@ -274,6 +273,7 @@ class BlockResult:
     column_best: np.ndarray | None  # each column latent's best scores in the block [d, k]
     n_coactivations: int
     n_pairs: int  # distinct co-active pairs
+    n_candidates: int  # in `candidates` (the CPU kernel's unused places not counted)
 
 
 class Runner(Protocol):
@@ -354,7 +354,9 @@ def _numba_blocks(w: Work) -> BlockResults:
             )
         edges = scores_.Edges.of(*(found.column(f) for f in scores_.DTYPES))
         top = torch.from_numpy(found.column("child_top"))
-        yield BlockResult(edges, top, found.parent_best, found.n_coactivations, found.n_pairs)
+        yield BlockResult(
+            edges, top, found.parent_best, found.n_coactivations, found.n_pairs, found.n_candidates
+        )
 
 
 def _device_blocks(
@@ -396,7 +398,7 @@ def _device_blocks(
             cands = scores_.candidates(scored, w.params, child_best)
         with w.clock.phase("to host"):
             cands = cands.cpu()
-        yield BlockResult(cands, None, None, coacts, len(scored))
+        yield BlockResult(cands, None, None, coacts, len(scored), len(cands))
 
 
 def _on(s: stats_.LatentStats, dev: torch.device) -> stats_.LatentStats:

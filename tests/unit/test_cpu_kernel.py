@@ -132,6 +132,8 @@ def test_calls_that_fill_the_columns_store_the_same_edges(
     child = sparse_matrix(rng, 400, 120, 0.1)
     params = scores.EdgeParams(floor, *tops)
     one_call = _candidates(parent, child, compiled, floor, call_candidates=1 << 20, tops=tops)
+    # Counted before `_stored`, whose `finalize` compacts the columns in place.
+    assert one_call.n_candidates == int(np.isfinite(one_call.column("score")).sum())
     want = _stored(one_call, params)
     assert one_call.calls == 1 and len(want) > 50
     assert one_call.n_coactivations == int(((parent > 0).astype(int).T @ (child > 0)).sum())
@@ -140,6 +142,7 @@ def test_calls_that_fill_the_columns_store_the_same_edges(
         found = _candidates(
             parent, child, compiled, floor, call_candidates, stretch_candidates=4, tops=tops
         )
+        assert found.n_candidates == int(np.isfinite(found.column("score")).sum())
         assert found.calls > 1
         in_place += found.calls - 1 - found.grown  # calls that went on in the same columns
         assert (found.n_coactivations, found.n_pairs) == (
