@@ -370,12 +370,11 @@ def _device_blocks(
         p_indptr, p_tokens, p_values = layout.latent_major_on(w.parent, w.dev)
         p_stats, c_stats = (_on(w.parent_stats, w.dev), _on(w.child_stats, w.dev))
     # Each child's best scores over the blocks so far: its candidates' threshold.
-    child_best = torch.full(
-        (w.child.d_sae, max(w.params.top_parents, 1)),
-        -torch.inf,
-        dtype=torch.float64,
-        device=w.dev,
-    )
+    child_best = None
+    if w.params.top_parents > 0:
+        child_best = torch.full(
+            (w.child.d_sae, w.params.top_parents), -torch.inf, dtype=torch.float64, device=w.dev
+        )
     for lo, hi in w.blocks:
         with w.clock.phase("sums"):
             first, last = int(p_indptr[lo]), int(p_indptr[hi])
