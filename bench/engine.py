@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import resource
 import subprocess
@@ -62,11 +63,12 @@ CASES = {
     # The widest pair at 1M tokens on the CPU (the GPU case below, on this machine's cores).
     "wide": [Case(262144, 1 << 20, 1_000_000, 64, timeout=600)],
     # Most telling first: the GPU machine is lent for minutes, so each case has a time limit.
+    # Each device case also reads its blocks the other way (whole or listed: engine.DENSE_BLOCK).
     "gpu": [
-        Case(16384, 65536, 1_000_000, 64, "triton,torch", timeout=35),
+        Case(16384, 65536, 1_000_000, 64, "triton,triton/listed,torch", timeout=40),
         Case(16384, 65536, 10_000_000, 64, "triton,dense", timeout=75),
-        Case(262144, 1 << 20, 1_000_000, 64, "triton", timeout=45),
-        Case(65536, 262144, 1_000_000, 64, "triton", timeout=25),
+        Case(262144, 1 << 20, 1_000_000, 64, "triton,triton/whole", timeout=50),
+        Case(65536, 262144, 1_000_000, 64, "triton,triton/listed", timeout=30),
     ],
 }
 
@@ -135,10 +137,20 @@ def run_engine(
     backend: str,
     dev: torch.device,
 ) -> Run:
-    result = engine.score_pair(
-        parent, child, device=dev, backend=backend, parent_stats=st[0], child_stats=st[1]
-    )
-    label = f"engine ({result.backend})"
+    """The engine with `backend`; a device path as "triton/whole" or "triton/listed" reads
+    every block whole or by the pairs it touched (`engine.DENSE_BLOCK`), else as it chooses."""
+    kind, _, read = backend.partition("/")
+    chosen = engine.DENSE_BLOCK
+    if read:
+        fraction = {"whole": 0.0, "listed": float("inf")}[read]
+        engine.DENSE_BLOCK = dict.fromkeys(chosen, fraction)
+    try:
+        result = engine.score_pair(
+            parent, child, device=dev, backend=kind, parent_stats=st[0], child_stats=st[1]
+        )
+    finally:
+        engine.DENSE_BLOCK = chosen
+    label = f"engine ({result.backend}{', ' + read if read else ''})"
     phases = ", ".join(f"{k} {v:.2f}" for k, v in result.phases.items())
     note = f"{len(result.blocks)} blocks; {result.n_candidates:.3g} candidates; seconds: {phases}"
     return Run(label, result.seconds, result.n_coactivations, result.edges, note, result.n_pairs)
@@ -306,9 +318,11 @@ def measure(case: Case, dev: torch.device, methods: list[str], baseline_tokens: 
     _progress(f"{case.name}: data and statistics in {time.perf_counter() - started:.1f} s")
     sample = np.random.default_rng(1).choice(case.d_parent, 16, replace=False)
     runs: dict[str, Callable[[], Run | None]] = {
-        "numba": lambda: run_engine(parent, child, st, "numba", dev),
-        "triton": lambda: run_engine(parent, child, st, "triton", dev),
-        "torch": lambda: run_engine(parent, child, st, "torch", dev),
+        **{
+            f"{kind}{read}": functools.partial(run_engine, parent, child, st, kind + read, dev)
+            for kind in ("numba", "triton", "torch")
+            for read in ("", "/whole", "/listed")
+        },
         "scipy": lambda: run_scipy(parent, child, st),
         "dense": lambda: run_dense(parent, child, dev, min(case.n_tokens, baseline_tokens)),
     }
@@ -335,8 +349,9 @@ def measure(case: Case, dev: torch.device, methods: list[str], baseline_tokens: 
 # checked against the float64 reference. (A variant that summed a tile's co-activations per pair
 # before its atomics, by a sort and a segmented scan, was 1.1-2.4x slower on an H200:
 # bench/results/2026-11-26-h200-379df4d-tune.log.)
-TUNE = [
+TUNE: list[dict[str, object]] = [
     {"interleaved": True, "num_warps": 2, "entries": 8},
+    {"sem": "acq_rel"},  # Triton's default memory order for atomics (the kernel's before)
     {"interleaved": False, "num_warps": 2, "entries": 8},
     {"interleaved": True, "num_warps": 4, "entries": 32},
     {"interleaved": True, "num_warps": 2, "entries": 2},
@@ -475,7 +490,11 @@ def main() -> None:
     dev = device.resolve(args.device)
     if args.one:  # a child process measuring one case
         case = Case(**json.loads(args.one))
-        kernels = [m for m in args.methods.split(",") if m in ("numba", "triton")]
+        kinds = {m.split("/")[0] for m in args.methods.split(",")}
+        # The Triton kernel is compiled once per way of reading a block.
+        kernels = ["numba"] * ("numba" in kinds) + ["triton/whole", "triton/listed"] * (
+            "triton" in kinds
+        )
         with contextlib.redirect_stdout(sys.stderr):  # compile (or load) them first
             measure(Case(64, 256, 5_000, 8), dev, kernels, 1000)
         measure(case, dev, args.methods.split(","), args.baseline_tokens)  # prints its rows

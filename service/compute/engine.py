@@ -44,6 +44,18 @@ ROWS = {"numba": "child", "triton": "parent", "torch": "parent"}
 _BYTES_PER_BLOCK_ENTRY = 16
 # Bytes per pair of the dense rows of the torch and triton paths (ab, aa, bb, n).
 _BYTES_PER_ROW_PAIR = 32
+# Bytes per pair of the temporaries while a block's dense rows are scored whole (a dozen
+# float64 arrays of [rows, d_child]: the parts, the ranks, the masks).
+_BYTES_PER_DENSE_PAIR = 96
+# A block is read whole (`scores.dense_candidates`) where its co-activations are at least this
+# fraction of its pairs (rows x d_child), else by the pairs it touched. On this project's CPU
+# (torch path) reading a block whole costs ~35 ns a pair, listing it ~35 ns a touched one
+# (4k -> 16k, 50k tokens, co-activations 1.6x the pairs: whole 9.5-10.6 s, listed 13.9-14.7 s;
+# 16k -> 65k, 30k tokens, blocks of 64 rows, 0.11x: whole 40.5 s, listed 7.8 s). On a GPU,
+# reading a pair whole is ~200 bytes of memory traffic (~0.07 ns on an H100), while listing one
+# was measured at ~1.6 ns a touched pair on an H200 (per-group maxima by atomics, contended
+# where a row's pairs lie together): 1/16 is an estimate until `make bench-gpu` measures both.
+DENSE_BLOCK = {"cpu": 1.0, "cuda": 1 / 16}
 
 
 @dataclass(frozen=True)
@@ -359,11 +371,38 @@ def _numba_blocks(w: Work) -> BlockResults:
         )
 
 
-def _device_blocks(
-    w: Work, sums_of: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-) -> BlockResults:
+class DeviceRows(Protocol):
+    """A block's dense rows on the device, as both GPU paths keep them (`torch_kernel.Rows`,
+    `gpu_kernel.Rows`): read back by the touched pairs, or whole."""
+
+    def block_sums(
+        self,
+        p_indptr: torch.Tensor,
+        p_tokens: torch.Tensor,
+        p_values: torch.Tensor,
+        c_indptr: torch.Tensor,
+        c_indices: torch.Tensor,
+        c_values: torch.Tensor,
+        n_coactivations: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def dense_sums(
+        self,
+        p_indptr: torch.Tensor,
+        p_tokens: torch.Tensor,
+        p_values: torch.Tensor,
+        c_indptr: torch.Tensor,
+        c_indices: torch.Tensor,
+        c_values: torch.Tensor,
+        n_coactivations: int,
+    ) -> torch.Tensor: ...
+
+
+def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
     """The torch and Triton paths: both saes on the device, the parent made latent-major
-    there once (one sort), then each block's touched pairs scored and filtered there."""
+    there once (one sort), then each block's pairs scored and filtered there: read whole
+    where its co-activations are at least `DENSE_BLOCK` of its pairs, else by the list of the
+    pairs it touched."""
     with w.clock.phase("to device"):
         c_indptr, c_indices, c_values = layout.as_tensors(w.child, w.dev)
         per_token = c_indptr.diff()
@@ -375,12 +414,13 @@ def _device_blocks(
         child_best = torch.full(
             (w.child.d_sae, w.params.top_parents), -torch.inf, dtype=torch.float64, device=w.dev
         )
+    chunk_rows = max(1, w.budget // (4 * _BYTES_PER_DENSE_PAIR * max(w.child.d_sae, 1)))
     for lo, hi in w.blocks:
         with w.clock.phase("sums"):
             first, last = int(p_indptr[lo]), int(p_indptr[hi])
             tokens = p_tokens[first:last]
             coacts = int(per_token[tokens.long()].sum())
-            r, c, sums = sums_of(
+            block = (
                 p_indptr[lo : hi + 1] - first,
                 tokens,
                 p_values[first:last],
@@ -389,15 +429,29 @@ def _device_blocks(
                 c_values,
                 coacts,
             )
-        # Three phases (each synchronised on a GPU), so that a block's fixed costs show where
-        # they lie: scoring the touched pairs, choosing the candidates, copying them to the host.
-        with w.clock.phase("score"):
-            scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
-        with w.clock.phase("candidates"):
-            cands = scores_.candidates(scored, w.params, child_best)
+            dense = coacts >= DENSE_BLOCK[w.dev.type] * (hi - lo) * w.child.d_sae
+            if dense:
+                sums = rows.dense_sums(*block)
+            else:
+                r, c, sums = rows.block_sums(*block)
+        # Phases synchronised on a GPU, so that a block's fixed costs show where they lie:
+        # scoring the pairs, choosing the candidates, copying them to the host.
+        if dense:
+            with w.clock.phase("candidates"):
+                cands = scores_.dense_candidates(
+                    sums, lo, p_stats, c_stats, w.params, child_best, chunk_rows
+                )
+                n_pairs = int(torch.count_nonzero(sums[3]))
+                sums.zero_()  # the rows are reused by the next block
+        else:
+            with w.clock.phase("score"):
+                scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
+            with w.clock.phase("candidates"):
+                cands = scores_.candidates(scored, w.params, child_best)
+                n_pairs = len(scored)
         with w.clock.phase("to host"):
             cands = cands.cpu()
-        yield BlockResult(cands, None, None, coacts, len(scored), len(cands))
+        yield BlockResult(cands, None, None, coacts, n_pairs, len(cands))
 
 
 def _on(s: stats_.LatentStats, dev: torch.device) -> stats_.LatentStats:
@@ -408,27 +462,17 @@ def _on(s: stats_.LatentStats, dev: torch.device) -> stats_.LatentStats:
 
 
 def _torch_blocks(w: Work) -> BlockResults:
-    rows = torch_kernel.Rows(max(hi - lo for lo, hi in w.blocks), w.child.d_sae, w.dev)
-    max_coacts = max(1024, w.budget // (4 * torch_kernel.BYTES_PER_COACTIVATION))
-
-    def sums_of(
-        p_indptr: torch.Tensor,
-        p_tokens: torch.Tensor,
-        p_values: torch.Tensor,
-        c_indptr: torch.Tensor,
-        c_indices: torch.Tensor,
-        c_values: torch.Tensor,
-        _coacts: int,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return rows.block_sums(
-            p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, max_coacts
-        )
-
-    yield from _device_blocks(w, sums_of)
+    rows = torch_kernel.Rows(
+        max(hi - lo for lo, hi in w.blocks),
+        w.child.d_sae,
+        w.dev,
+        max(1024, w.budget // (4 * torch_kernel.BYTES_PER_COACTIVATION)),
+    )
+    yield from _device_blocks(w, rows)
 
 
 def _triton_blocks(w: Work) -> BlockResults:
     from service.compute import gpu_kernel
 
     rows = gpu_kernel.Rows(max(hi - lo for lo, hi in w.blocks), w.child.d_sae, w.dev)
-    yield from _device_blocks(w, rows.block_sums)
+    yield from _device_blocks(w, rows)

@@ -2,15 +2,21 @@
 
 Each program takes a few entries (row, token, a) of the block's parent latents (latent-major)
 and, for each, the child entries of that token (token-major) as one vector of lanes: it adds
-a*b, a^2, b^2 and 1 into the block's dense rows [rows, d_child] (float64 atomics), and
-the lane whose add found the count at 0 appends the pair's key to the touched list (one atomic
-on a counter per vector, a prefix sum within it). Only touched pairs are then scored and reset
-(torch, on the device): no pass over pairs that never co-activate.
+a*b, a^2, b^2 and 1 into the block's dense rows [rows, d_child] (float64 atomics). Where the
+caller will read the rows whole (a dense block: `track=False`), that is all; otherwise the lane
+whose add found the count at 0 appends the pair's key to the touched list (one atomic on a
+counter per vector, a prefix sum within it), and only the touched pairs are then scored and
+reset (torch, on the device): no pass over pairs that never co-activate.
 
-Ceilings, for 16k -> 65k at 10M tokens, L0 64 (4.1e10 co-activations) on one H100: operations:
-4 atomic adds per co-activation, ~1.6e11 atomics; H100 global atomics run at roughly 1-2e11/s
-when they hit L2, so ~1-2 s; bytes: 8 B of child entry read per co-activation (~330 GB, ~0.1 s at
-3.3 TB/s) plus the atomics' L2 traffic. Not yet measured: `make bench-gpu` prints the rate.
+The atomics are relaxed: nothing in the kernel orders one memory access after another, and
+the launch's end makes every add visible. Triton's default (acquire-release) fences each one
+(reported 1.1-2x slower on GPUs; `Config.sem` keeps it for a comparison in the same run).
+
+Ceilings, for 16k -> 65k at 10M tokens, L0 64 (2.3e10 co-activations) on one H100: operations:
+4 atomic adds per co-activation, ~9e10 atomics; H100 global atomics run at roughly 1-2e11/s
+when they hit L2, so ~0.5-1 s; bytes: 8 B of child entry read per co-activation (~180 GB,
+~0.06 s at 3.3 TB/s) plus the atomics' L2 traffic. Measured on an H200 (acquire-release, with
+the touched list): 3.8 s, 2.4e10 atomics/s (README).
 
 Under TRITON_INTERPRET=1 (set before this module is imported) the same kernel runs on CPU
 tensors: that is how CI tests it against the float64 reference.
@@ -42,6 +48,7 @@ class Config:
     entries: int = 8  # parent entries per program
     num_warps: int = 2
     interleaved: bool = True
+    sem: str = "relaxed"  # the atomics' memory order ("acq_rel": Triton's default)
 
 
 DEFAULT = Config()
@@ -73,6 +80,8 @@ if triton is not None:
         d_child,
         BLOCK_C: tl.constexpr,
         ENTRIES: tl.constexpr,
+        TRACK: tl.constexpr,
+        SEM: tl.constexpr,
     ):
         pid = tl.program_id(0)
         lanes = tl.arange(0, BLOCK_C)
@@ -91,21 +100,24 @@ if triton is not None:
                     b = tl.load(c_values + offs, mask=m, other=0.0).to(tl.float64)
                     key = r * d_child + c
                     at = sums + key * s_pair
-                    old = tl.atomic_add(at + 3 * s_part, 1.0, mask=m)  # n: old 0 = first touch
-                    tl.atomic_add(at, a * b, mask=m)
-                    tl.atomic_add(at + s_part, a * a, mask=m)
-                    tl.atomic_add(at + 2 * s_part, b * b, mask=m)
-                    first = (m & (old == 0.0)).to(tl.int32)
-                    n_first = tl.sum(first, axis=0)
-                    if n_first > 0:
-                        base = tl.atomic_add(counter, n_first)
-                        slot = base + tl.cumsum(first, axis=0) - 1
-                        tl.store(touched + slot, key, mask=first > 0)
+                    tl.atomic_add(at, a * b, mask=m, sem=SEM)
+                    tl.atomic_add(at + s_part, a * a, mask=m, sem=SEM)
+                    tl.atomic_add(at + 2 * s_part, b * b, mask=m, sem=SEM)
+                    if TRACK:  # n: an old count of 0 is the pair's first touch
+                        old = tl.atomic_add(at + 3 * s_part, 1.0, mask=m, sem=SEM)
+                        first = (m & (old == 0.0)).to(tl.int32)
+                        n_first = tl.sum(first, axis=0)
+                        if n_first > 0:
+                            base = tl.atomic_add(counter, n_first, sem=SEM)
+                            slot = base + tl.cumsum(first, axis=0) - 1
+                            tl.store(touched + slot, key, mask=first > 0)
+                    else:
+                        tl.atomic_add(at + 3 * s_part, 1.0, mask=m, sem=SEM)
 
 
 class Rows:
     """Dense sums (ab, aa, bb, n, float64) of a block's rows against every child latent on the
-    device, reused across blocks (only touched entries are reset)."""
+    device, reused across blocks (read and reset by touched pairs, or whole)."""
 
     def __init__(
         self, n_rows: int, d_child: int, device: torch.device, config: Config | None = None
@@ -132,22 +144,54 @@ class Rows:
         n_coactivations: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block
-        whose co-activations number `n_coactivations` (a bound on the touched pairs)."""
-        dev = p_tokens.device
+        whose co-activations number `n_coactivations` (a bound on the touched pairs); they are
+        reset for the next block."""
         n_rows = len(p_indptr) - 1
         capacity = min(n_coactivations, n_rows * self.d_child)
         if capacity > len(self.touched):
-            self.touched = torch.empty(capacity, dtype=torch.int64, device=dev)
-        n_entries = len(p_tokens)
-        if n_entries == 0 or capacity == 0:
-            empty = torch.zeros(0, dtype=torch.int64, device=dev)
-            return empty, empty, torch.zeros(4, 0, dtype=torch.float64, device=dev)
+            self.touched = torch.empty(capacity, dtype=torch.int64, device=p_tokens.device)
+        self.counter.zero_()
+        self._accumulate(p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, True)
+        keys = self.touched[: int(self.counter.item())]
+        sums = self.sums[:, keys]
+        self.sums[:, keys] = 0
+        return keys // self.d_child, keys % self.d_child, sums
+
+    def dense_sums(
+        self,
+        p_indptr: Tensor,
+        p_tokens: Tensor,
+        p_values: Tensor,
+        c_indptr: Tensor,
+        c_indices: Tensor,
+        c_values: Tensor,
+        n_coactivations: int,
+    ) -> Tensor:
+        """The block's sums as dense rows [4, rows, d_child] (ab, aa, bb, n; 0 where a pair
+        never co-activates): a view that the caller zeroes once it has read it."""
+        del n_coactivations  # no list of touched pairs to size
+        self._accumulate(p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, False)
+        n_rows = len(p_indptr) - 1
+        return self.sums[:, : n_rows * self.d_child].view(4, n_rows, self.d_child)
+
+    def _accumulate(
+        self,
+        p_indptr: Tensor,
+        p_tokens: Tensor,
+        p_values: Tensor,
+        c_indptr: Tensor,
+        c_indices: Tensor,
+        c_values: Tensor,
+        track: bool,
+    ) -> None:
+        n_rows, n_entries = len(p_indptr) - 1, len(p_tokens)
+        if n_entries == 0:
+            return
         row_of = torch.repeat_interleave(
-            torch.arange(n_rows, device=dev, dtype=torch.int32),
+            torch.arange(n_rows, device=p_tokens.device, dtype=torch.int32),
             p_indptr.diff(),
             output_size=n_entries,
         )
-        self.counter.zero_()
         cfg = self.config
         grid = (triton.cdiv(n_entries, cfg.entries),)
         _accumulate[grid](
@@ -166,9 +210,7 @@ class Rows:
             self.d_child,
             BLOCK_C=cfg.block_c,
             ENTRIES=cfg.entries,
+            TRACK=track,
+            SEM=cfg.sem,
             num_warps=cfg.num_warps,
         )
-        keys = self.touched[: int(self.counter.item())]
-        sums = self.sums[:, keys]
-        self.sums[:, keys] = 0
-        return keys // self.d_child, keys % self.d_child, sums

@@ -190,10 +190,68 @@ def candidates(edges: Edges, params: EdgeParams, child_best: Tensor | None = Non
     else:  # raised where this block has pairs
         block = _best_distinct(edges.child, score, params.top_parents, len(child_best))
         touched = torch.nonzero(block[:, 0] > -torch.inf).squeeze(1)
-        raised = torch.cat([child_best[touched], block[touched]], dim=1)
-        child_best[touched] = raised.topk(params.top_parents, dim=1).values
+        child_best[touched] = _merged(child_best[touched], block[touched])
         keep |= score >= child_best[edges.child.long(), -1]
     return edges.select(keep & finite)
+
+
+def dense_candidates(
+    sums: Float[Tensor, "4 rows d_child"],
+    lo: int,
+    parent_stats: stats_.LatentStats,
+    child_stats: stats_.LatentStats,
+    params: EdgeParams,
+    child_best: Tensor | None = None,
+    chunk_rows: int = 1024,
+) -> Edges:
+    """`candidates` of a block read whole: `sums` (ab, aa, bb, n) of parents lo, lo + 1, ...
+    against every child, 0 where a pair never co-activates. Where most of a block's pairs
+    co-activate, this is cheaper than listing them: each row's and each column's k best are
+    one top-k along it (no atomics), and the survivors come out by one pass (`nonzero`).
+    The k-th best counts ties, so the bound is at least `candidates`'s (distinct scores): the
+    same or fewer candidates, still a superset of the stored edges. `chunk_rows` rows at a time
+    bound the memory of the temporaries (a dozen of [chunk_rows, d_child] float64)."""
+    dev = sums.device
+
+    def stat(x: Tensor) -> Tensor:
+        return x.to(dev, torch.float64)
+
+    p_sum_sq, p_max = stat(parent_stats.sum_sq), stat(parent_stats.max_act)
+    c_sum_sq, c_max = stat(child_stats.sum_sq)[None, :], stat(child_stats.max_act)[None, :]
+    n_rows, d_child = sums.shape[1], sums.shape[2]
+    k_p, k_c = params.top_parents, params.top_children
+    if k_p > 0 and child_best is None:  # the block's own best: a bound all the same
+        child_best = torch.full((d_child, k_p), -torch.inf, dtype=torch.float64, device=dev)
+    found = []
+    for r0 in range(0, n_rows, chunk_rows):
+        r1 = min(r0 + chunk_rows, n_rows)
+        ab, aa, bb, n = sums[:, r0:r1].to(torch.float64)
+        at = slice(lo + r0, lo + r1)
+        mc, mcp, ratio, score = parts(
+            ab, aa, bb, p_sum_sq[at, None], c_sum_sq, p_max[at, None], c_max
+        )
+        ratio = ratio.expand_as(score)
+        valid = (n > 0) & torch.isfinite(score)  # a pair without a co-active token: 0/0
+        ranked = torch.where(valid, score, -torch.inf)
+        keep = above_floor(score, torch.maximum(mc, mcp), params.store_floor)
+        if 0 < k_c <= d_child:
+            keep |= ranked >= ranked.topk(k_c, dim=1).values[:, -1:]
+        elif k_c > 0:
+            keep[:] = True  # fewer children than k: every pair is among its parent's best
+        if child_best is not None:
+            block = ranked.topk(min(k_p, r1 - r0), dim=0).values.T
+            child_best.copy_(_merged(child_best, block))
+            keep |= ranked >= child_best[None, :, -1]
+        r, c = torch.nonzero(keep & valid, as_tuple=True)
+        found.append(
+            Edges.of(r + (lo + r0), c, mc[r, c], mcp[r, c], ratio[r, c], score[r, c], n[r, c])
+        )
+    return Edges.concat(found)
+
+
+def _merged(best: Tensor, more: Tensor) -> Tensor:
+    """Each row's k best of both lists ([n, k] and [n, j], descending), k = best's width."""
+    return torch.cat([best, more], dim=1).topk(best.shape[1], dim=1).values
 
 
 def _kth_best(group: Tensor, score: Tensor, k: int) -> Tensor:

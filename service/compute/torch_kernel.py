@@ -2,9 +2,10 @@
 
 For a block of parent rows, each parent entry (row, token, a) meets the child entries of its
 token; the co-activations are expanded in batches of at most `max_coactivations`, added into
-dense float64 rows [block rows, d_child] (allocated once, reset only where touched), and the
-touched pairs are listed by their keys. It is the fallback where neither numba nor Triton is
-available, and the reference the GPU kernel is compared with on the GPU.
+dense float64 rows [block rows, d_child] (allocated once), and read back either by the
+touched pairs (listed by their keys, reset only there) or whole. It is the fallback where
+neither numba nor Triton is available, and the reference the GPU kernel is compared with on
+the GPU.
 """
 
 from __future__ import annotations
@@ -21,10 +22,18 @@ MAX_COACTIVATIONS = 1 << 22
 
 
 class Rows:
-    """Dense sums of a block's rows against every child latent, reused across blocks."""
+    """Dense sums of a block's rows against every child latent, reused across blocks (the
+    same interface as `gpu_kernel.Rows`)."""
 
-    def __init__(self, n_rows: int, d_child: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        n_rows: int,
+        d_child: int,
+        device: torch.device,
+        max_coactivations: int = MAX_COACTIVATIONS,
+    ) -> None:
         self.d_child = d_child
+        self.max_coactivations = max_coactivations
         self.sums = torch.zeros(4, n_rows * d_child, dtype=torch.float64, device=device)
 
     def block_sums(
@@ -35,10 +44,49 @@ class Rows:
         c_indptr: Tensor,
         c_indices: Tensor,
         c_values: Tensor,
-        max_coactivations: int = MAX_COACTIVATIONS,
+        n_coactivations: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block;
         the rows are left zeroed for the next block."""
+        del n_coactivations  # counted here, per batch
+        keys = self._accumulate(p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, True)
+        touched = (
+            torch.unique(torch.cat(keys))
+            if keys
+            else torch.zeros(0, dtype=torch.long, device=p_tokens.device)
+        )
+        sums = self.sums[:, touched]
+        self.sums[:, touched] = 0
+        return touched // self.d_child, touched % self.d_child, sums
+
+    def dense_sums(
+        self,
+        p_indptr: Tensor,
+        p_tokens: Tensor,
+        p_values: Tensor,
+        c_indptr: Tensor,
+        c_indices: Tensor,
+        c_values: Tensor,
+        n_coactivations: int,
+    ) -> Tensor:
+        """The block's sums as dense rows [4, rows, d_child] (0 where a pair never
+        co-activates): a view that the caller zeroes once it has read it."""
+        del n_coactivations
+        self._accumulate(p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, False)
+        n_rows = len(p_indptr) - 1
+        return self.sums[:, : n_rows * self.d_child].view(4, n_rows, self.d_child)
+
+    def _accumulate(
+        self,
+        p_indptr: Tensor,
+        p_tokens: Tensor,
+        p_values: Tensor,
+        c_indptr: Tensor,
+        c_indices: Tensor,
+        c_values: Tensor,
+        track: bool,
+    ) -> list[Tensor]:
+        """Add the block's co-activations, in batches; each batch's distinct keys if `track`."""
         dev = p_tokens.device
         n_rows = len(p_indptr) - 1
         row_of = torch.repeat_interleave(
@@ -48,32 +96,27 @@ class Rows:
         per_entry = (c_indptr[tok + 1] - c_indptr[tok]).long()
         total = int(per_entry.sum())
         keys: list[Tensor] = []
-        if total:
-            ends = torch.cumsum(per_entry, 0)
-            marks = torch.arange(
-                max_coactivations, max(total, max_coactivations), max_coactivations, device=dev
-            )
-            cuts = torch.searchsorted(ends, marks, right=True).tolist()
-            bounds = sorted({0, *cuts, len(tok)})
-            for lo, hi in itertools.pairwise(bounds):
-                if hi > lo:
-                    keys.append(
-                        self._expand(
-                            row_of[lo:hi],
-                            tok[lo:hi],
-                            p_values[lo:hi],
-                            per_entry[lo:hi],
-                            c_indptr,
-                            c_indices,
-                            c_values,
-                        )
-                    )
-        touched = (
-            torch.unique(torch.cat(keys)) if keys else torch.zeros(0, dtype=torch.long, device=dev)
-        )
-        sums = self.sums[:, touched]
-        self.sums[:, touched] = 0
-        return touched // self.d_child, touched % self.d_child, sums
+        if not total:
+            return keys
+        batch = self.max_coactivations
+        ends = torch.cumsum(per_entry, 0)
+        marks = torch.arange(batch, max(total, batch), batch, device=dev)
+        cuts = torch.searchsorted(ends, marks, right=True).tolist()
+        bounds = sorted({0, *cuts, len(tok)})
+        for lo, hi in itertools.pairwise(bounds):
+            if hi > lo:
+                key = self._expand(
+                    row_of[lo:hi],
+                    tok[lo:hi],
+                    p_values[lo:hi],
+                    per_entry[lo:hi],
+                    c_indptr,
+                    c_indices,
+                    c_values,
+                )
+                if track:
+                    keys.append(torch.unique(key))
+        return keys
 
     def _expand(
         self,
@@ -85,6 +128,7 @@ class Rows:
         c_indices: Tensor,
         c_values: Tensor,
     ) -> Tensor:
+        """Add one batch's co-activations; returns their keys (row * d_child + child)."""
         n = int(reps.sum())
         entry = torch.repeat_interleave(
             torch.arange(len(reps), device=reps.device), reps, output_size=n
@@ -99,4 +143,4 @@ class Rows:
         self.sums[1].index_add_(0, key, av * av)
         self.sums[2].index_add_(0, key, bv * bv)
         self.sums[3].index_add_(0, key, torch.ones_like(av))
-        return torch.unique(key)
+        return key

@@ -43,9 +43,15 @@ def _against_cpu(
     assert_matches_reference(parent, child, gpu)
 
 
+@pytest.mark.parametrize("read", ["whole", "listed"])
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("max_block_rows", [None, 7])
-def test_cuda_matches_cpu_and_reference(backend: str, max_block_rows: int | None) -> None:
+def test_cuda_matches_cpu_and_reference(
+    backend: str, max_block_rows: int | None, read: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every block read whole, or by the pairs it touched (engine.DENSE_BLOCK).
+    fraction = 0.0 if read == "whole" else float("inf")
+    monkeypatch.setattr(engine, "DENSE_BLOCK", {"cpu": 1.0, "cuda": fraction})
     rng = np.random.default_rng(7)
     _against_cpu(
         sparse_matrix(rng, 2000, 40, 0.05),
@@ -71,6 +77,7 @@ def test_auto_on_cuda_is_the_triton_kernel() -> None:
     [
         {"interleaved": False},
         {"entries": 2, "block_c": 16, "num_warps": 1},
+        {"sem": "acq_rel"},
     ],
 )
 def test_kernel_variants_match_cpu(config: dict, monkeypatch: pytest.MonkeyPatch) -> None:

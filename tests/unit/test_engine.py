@@ -17,8 +17,9 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TOL = 1e-5
-# Every backend on the CPU: the compiled kernel, the Triton kernel interpreted, plain torch.
-BACKENDS = ["numba", "triton", "torch"]
+# Every backend on the CPU: the compiled kernel, the Triton kernel interpreted, plain torch;
+# each device path reading a block whole, and by the pairs it touched ("/listed").
+BACKENDS = ["numba", "triton", "triton/listed", "torch", "torch/listed"]
 
 
 def sparse_matrix(rng: np.random.Generator, t: int, d: int, density: float) -> np.ndarray:
@@ -29,13 +30,22 @@ def sparse_matrix(rng: np.random.Generator, t: int, d: int, density: float) -> n
 def run(
     parent: np.ndarray, child: np.ndarray, backend: str = "numba", **kwargs: object
 ) -> engine.PairResult:
-    return engine.score_pair(
-        chunks.DenseSource(torch.from_numpy(parent)),
-        chunks.DenseSource(torch.from_numpy(child)),
-        device="cpu",
-        backend=backend,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    """The pair scored by `backend` (a device path with "/listed": every block read by the
+    pairs it touched; without it, every block read whole)."""
+    kind, _, read = backend.partition("/")
+    dense_block = engine.DENSE_BLOCK
+    fraction = float("inf") if read == "listed" else 0.0
+    engine.DENSE_BLOCK = {"cpu": fraction, "cuda": fraction}
+    try:
+        return engine.score_pair(
+            chunks.DenseSource(torch.from_numpy(parent)),
+            chunks.DenseSource(torch.from_numpy(child)),
+            device="cpu",
+            backend=kind,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    finally:
+        engine.DENSE_BLOCK = dense_block
 
 
 def as_dict(edges: scores.Edges) -> dict[tuple[int, int], dict[str, float]]:
@@ -94,7 +104,7 @@ def test_random_data_matches_reference(backend: str) -> None:
     parent = sparse_matrix(rng, 400, 12, 0.15)
     child = sparse_matrix(rng, 400, 40, 0.05)
     result = run(parent, child, backend)
-    assert result.backend == backend and len(result.edges) > 0
+    assert result.backend == backend.split("/")[0] and len(result.edges) > 0
     assert_matches_reference(parent, child, result)
     assert result.n_coactivations == int(((parent > 0).astype(int).T @ (child > 0)).sum())
     assert result.n_pairs == len(reference.all_pairs(parent, child))
@@ -107,7 +117,7 @@ def test_blocks_of_every_size_give_the_same_edges(backend: str) -> None:
     parent = sparse_matrix(rng, 300, 25, 0.12)
     child = sparse_matrix(rng, 300, 60, 0.06)
     whole = run(parent, child, backend)
-    assert whole.blocks == [(0, 60 if engine.ROWS[backend] == "child" else 25)]
+    assert whole.blocks == [(0, 60 if engine.ROWS[backend.split("/")[0]] == "child" else 25)]
     for entries, rows in ((1, None), (40, None), (10_000, 3)):
         blocked = run(parent, child, backend, max_block_entries=entries, max_block_rows=rows)
         assert len(blocked.blocks) > 1
@@ -252,8 +262,46 @@ def test_device_candidates_drop_pairs_below_their_childs_best_in_earlier_blocks(
     assert child_best[:, 0].tolist() == pytest.approx([0.9, 0.85, 0.7])
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 100])
+def test_a_block_read_whole_gives_the_listed_blocks_edges(chunk_rows: int) -> None:
+    # The sums of a block of 7 parents against 30 children, a third never co-active, ties in
+    # score frequent (integer sums): read whole in chunks of rows, or listed, the candidates
+    # finalize to the same edges, and the whole read in one chunk keeps no more of them (its
+    # k-th best counts ties, the listed read's is the k-th distinct score).
+    rng = np.random.default_rng(12)
+    n = rng.integers(0, 4, (7, 30)).astype(np.float64) * (rng.random((7, 30)) < 0.67)
+    ab, aa, bb = (n * rng.integers(1, 3, (7, 30)) for _ in range(3))
+    sums = torch.from_numpy(np.stack([ab, aa, bb, n]))
+    lo = 5
+
+    def stats(d: int) -> scores.stats_.LatentStats:
+        return scores.stats_.LatentStats(
+            100,
+            torch.from_numpy(rng.integers(1, 3, d).astype(np.float32)),
+            torch.full((d,), 50),
+            torch.from_numpy(rng.integers(20, 30, d).astype(np.float64)),
+        )
+
+    p_stats, c_stats = stats(lo + 7), stats(30)
+    params = scores.EdgeParams(store_floor=0.9, top_parents=2, top_children=3)
+    r, c = np.nonzero(n)
+    listed = scores.Edges.from_sums(
+        torch.from_numpy(r + lo), torch.from_numpy(c), sums[:, r, c], p_stats, c_stats
+    )
+    best = torch.full((30, 2), -torch.inf, dtype=torch.float64)
+    want = scores.candidates(listed, params, best)
+    got_best = torch.full((30, 2), -torch.inf, dtype=torch.float64)
+    got = scores.dense_candidates(sums, lo, p_stats, c_stats, params, got_best, chunk_rows)
+    assert bool((got_best >= best).all())  # ties counted: bounds at least as high
+    if chunk_rows >= 7:  # (a chunk's children bounded only by the chunks before it: more)
+        assert len(got) <= len(want)
+    finals = [as_dict(scores.finalize(x, params)) for x in (got, want)]
+    assert finals[0] == finals[1] and len(finals[0]) > 0
+    assert set(as_dict(got)) <= set(as_dict(want))
+
+
 @pytest.mark.parametrize("rows", [None, 1, 2])
-@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("backend", ["numba", "torch", "torch/listed"])
 def test_tied_top_children_across_blocks(backend: str, rows: int | None) -> None:
     # Seven children with exactly equal scores to parent 0 and two better ones, cut into
     # blocks that each hold part of the tie: the parent keeps its 2 better children and the
