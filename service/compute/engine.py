@@ -429,7 +429,8 @@ def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
                 c_values,
                 coacts,
             )
-            dense = coacts >= DENSE_BLOCK[w.dev.type] * (hi - lo) * w.child.d_sae
+            fraction = DENSE_BLOCK.get(w.dev.type, DENSE_BLOCK["cuda"])  # any accelerator
+            dense = coacts >= fraction * (hi - lo) * w.child.d_sae
             if dense:
                 sums = rows.dense_sums(*block)
             else:
