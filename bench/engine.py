@@ -138,7 +138,10 @@ def run_engine(
     dev: torch.device,
 ) -> Run:
     """The engine with `backend`; a device path as "triton/whole" or "triton/listed" reads
-    every block whole or by the pairs it touched (`engine.DENSE_BLOCK`), else as it chooses."""
+    every block whole or by the pairs it touched (`engine.DENSE_BLOCK`), else as it chooses.
+    The activations are handed over as a job reads them from the store: token-major, every
+    entry known to be active (checked here, untimed, as ingest checks it)."""
+    parent_rows, child_rows = (layout.Laid(layout.token_major(s)) for s in (parent, child))
     kind, _, read = backend.partition("/")
     chosen = engine.DENSE_BLOCK
     if read:
@@ -146,7 +149,12 @@ def run_engine(
         engine.DENSE_BLOCK = dict.fromkeys(chosen, fraction)
     try:
         result = engine.score_pair(
-            parent, child, device=dev, backend=kind, parent_stats=st[0], child_stats=st[1]
+            parent_rows,
+            child_rows,
+            device=dev,
+            backend=kind,
+            parent_stats=st[0],
+            child_stats=st[1],
         )
     finally:
         engine.DENSE_BLOCK = chosen

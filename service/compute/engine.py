@@ -194,7 +194,10 @@ def score_pair(
     with clock.phase("layout"):
         parent_rows = layout.token_major(parent, chunk_tokens)
         child_rows = layout.token_major(child, chunk_tokens)
-        row_nnz = layout.block_nnz(child_rows if ROWS[kind] == "child" else parent_rows)
+    # A latent's entries are its active tokens: what a block of them costs to gather, known
+    # from the statistics without a pass over the activations.
+    row_stats = child_stats if ROWS[kind] == "child" else parent_stats
+    row_nnz = row_stats.n_active.cpu().numpy().astype(np.int64)
 
     max_entries = max_block_entries or max(1, budget // (4 * _BYTES_PER_BLOCK_ENTRY))
     if runner is not None:  # enough blocks to keep every task slot busy

@@ -153,11 +153,6 @@ def plan_blocks(
     return blocks
 
 
-def block_nnz(rows: TokenMajor) -> np.ndarray:
-    """Entries per latent (int64 [d_sae]): what a block of latents costs to gather."""
-    return _counts(rows.indptr, rows.indices, 0, rows.d_sae, numba.get_num_threads()).sum(axis=0)
-
-
 def coactivations(block: LatentMajor, child: TokenMajor) -> np.ndarray:
     """Co-activations of each latent of the block with the child (int64 [hi - lo])."""
     per_token = np.diff(child.indptr)
