@@ -208,9 +208,10 @@ def dense_candidates(
     against every child, 0 where a pair never co-activates. Where most of a block's pairs
     co-activate, this is cheaper than listing them: each row's and each column's k best are
     one top-k along it (no atomics), and the survivors come out by one pass (`nonzero`).
-    The k-th best counts ties, so the bound is at least `candidates`'s (distinct scores): the
-    same or fewer candidates, still a superset of the stored edges. `chunk_rows` rows at a time
-    bound the memory of the temporaries (a dozen of [chunk_rows, d_child] float64)."""
+    The k-th best counts ties, so the bound is at least `candidates`'s (distinct scores), and
+    still a superset of the stored edges. `chunk_rows` rows at a time bound the memory of the
+    temporaries (a dozen of [chunk_rows, d_child] float64); a chunk's columns are bounded by
+    the chunks and blocks before it, so more chunks may keep a few more candidates."""
     dev = sums.device
 
     def stat(x: Tensor) -> Tensor:
