@@ -379,26 +379,10 @@ class DeviceRows(Protocol):
     `gpu_kernel.Rows`): read back by the touched pairs, or whole."""
 
     def block_sums(
-        self,
-        p_indptr: torch.Tensor,
-        p_tokens: torch.Tensor,
-        p_values: torch.Tensor,
-        c_indptr: torch.Tensor,
-        c_indices: torch.Tensor,
-        c_values: torch.Tensor,
-        n_coactivations: int,
+        self, block: layout.DeviceBlock
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
-    def dense_sums(
-        self,
-        p_indptr: torch.Tensor,
-        p_tokens: torch.Tensor,
-        p_values: torch.Tensor,
-        c_indptr: torch.Tensor,
-        c_indices: torch.Tensor,
-        c_values: torch.Tensor,
-        n_coactivations: int,
-    ) -> torch.Tensor: ...
+    def dense_sums(self, block: layout.DeviceBlock) -> torch.Tensor: ...
 
 
 def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
@@ -423,7 +407,7 @@ def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
             first, last = int(p_indptr[lo]), int(p_indptr[hi])
             tokens = p_tokens[first:last]
             coacts = int(per_token[tokens.long()].sum())
-            block = (
+            block = layout.DeviceBlock(
                 p_indptr[lo : hi + 1] - first,
                 tokens,
                 p_values[first:last],
@@ -435,9 +419,9 @@ def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
             fraction = DENSE_BLOCK.get(w.dev.type, DENSE_BLOCK["cuda"])  # any accelerator
             dense = coacts >= fraction * (hi - lo) * w.child.d_sae
             if dense:
-                sums = rows.dense_sums(*block)
+                sums = rows.dense_sums(block)
             else:
-                r, c, sums = rows.block_sums(*block)
+                r, c, sums = rows.block_sums(block)
         # Phases synchronised on a GPU, so that a block's fixed costs show where they lie:
         # scoring the pairs, choosing the candidates, copying them to the host.
         if dense:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from service.compute import layout
+
 try:
     import triton
     import triton.language as tl
@@ -133,74 +135,43 @@ class Rows:
         self.counter = torch.zeros(1, dtype=torch.int32, device=device)
         self.touched = torch.empty(0, dtype=torch.int64, device=device)
 
-    def block_sums(
-        self,
-        p_indptr: Tensor,
-        p_tokens: Tensor,
-        p_values: Tensor,
-        c_indptr: Tensor,
-        c_indices: Tensor,
-        c_values: Tensor,
-        n_coactivations: int,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block
-        whose co-activations number `n_coactivations` (a bound on the touched pairs); they are
-        reset for the next block."""
-        n_rows = len(p_indptr) - 1
-        capacity = min(n_coactivations, n_rows * self.d_child)
+    def block_sums(self, block: layout.DeviceBlock) -> tuple[Tensor, Tensor, Tensor]:
+        """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block;
+        they are reset for the next block."""
+        capacity = min(block.n_coactivations, block.n_rows * self.d_child)
         if capacity > len(self.touched):
-            self.touched = torch.empty(capacity, dtype=torch.int64, device=p_tokens.device)
+            self.touched = torch.empty(capacity, dtype=torch.int64, device=self.sums.device)
         self.counter.zero_()
-        self._accumulate(p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, True)
+        self._accumulate(block, True)
         keys = self.touched[: int(self.counter.item())]
         sums = self.sums[:, keys]
         self.sums[:, keys] = 0
         return keys // self.d_child, keys % self.d_child, sums
 
-    def dense_sums(
-        self,
-        p_indptr: Tensor,
-        p_tokens: Tensor,
-        p_values: Tensor,
-        c_indptr: Tensor,
-        c_indices: Tensor,
-        c_values: Tensor,
-        n_coactivations: int,
-    ) -> Tensor:
+    def dense_sums(self, block: layout.DeviceBlock) -> Tensor:
         """The block's sums as dense rows [4, rows, d_child] (ab, aa, bb, n; 0 where a pair
         never co-activates): a view that the caller zeroes once it has read it."""
-        del n_coactivations  # no list of touched pairs to size
-        self._accumulate(p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, False)
-        n_rows = len(p_indptr) - 1
-        return self.sums[:, : n_rows * self.d_child].view(4, n_rows, self.d_child)
+        self._accumulate(block, False)
+        return self.sums[:, : block.n_rows * self.d_child].view(4, block.n_rows, self.d_child)
 
-    def _accumulate(
-        self,
-        p_indptr: Tensor,
-        p_tokens: Tensor,
-        p_values: Tensor,
-        c_indptr: Tensor,
-        c_indices: Tensor,
-        c_values: Tensor,
-        track: bool,
-    ) -> None:
-        n_rows, n_entries = len(p_indptr) - 1, len(p_tokens)
+    def _accumulate(self, block: layout.DeviceBlock, track: bool) -> None:
+        n_entries = len(block.p_tokens)
         if n_entries == 0:
             return
         row_of = torch.repeat_interleave(
-            torch.arange(n_rows, device=p_tokens.device, dtype=torch.int32),
-            p_indptr.diff(),
+            torch.arange(block.n_rows, device=block.p_tokens.device, dtype=torch.int32),
+            block.p_indptr.diff(),
             output_size=n_entries,
         )
         cfg = self.config
         grid = (triton.cdiv(n_entries, cfg.entries),)
         _accumulate[grid](
             row_of,
-            p_tokens,
-            p_values,
-            c_indptr,
-            c_indices,
-            c_values,
+            block.p_tokens,
+            block.p_values,
+            block.c_indptr,
+            block.c_indices,
+            block.c_values,
             self.sums,
             self.sums.stride(1),
             self.sums.stride(0),

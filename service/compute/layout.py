@@ -49,6 +49,24 @@ class LatentMajor:
     values: np.ndarray  # float32 [nnz]
 
 
+@dataclass(frozen=True)
+class DeviceBlock:
+    """One block as the device paths take it (tensors on the device): its rows' entries
+    latent-major, pointers from 0, and the child's entries token-major, whole."""
+
+    p_indptr: torch.Tensor  # int64 [rows + 1]
+    p_tokens: torch.Tensor  # int32 [entries]
+    p_values: torch.Tensor  # float32 [entries]
+    c_indptr: torch.Tensor  # int64 [T + 1]
+    c_indices: torch.Tensor  # int32 [nnz]
+    c_values: torch.Tensor  # float32 [nnz]
+    n_coactivations: int  # of the block: a bound on the pairs it touches
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.p_indptr) - 1
+
+
 @runtime_checkable
 class HasTokenMajor(Protocol):
     """A source that holds its activations token-major already (the store, in-memory CSR)."""

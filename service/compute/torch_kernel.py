@@ -15,6 +15,8 @@ import itertools
 import torch
 from torch import Tensor
 
+from service.compute import layout
+
 # Bytes of working memory per co-activation while a batch is expanded.
 BYTES_PER_COACTIVATION = 64
 # Co-activations expanded at once.
@@ -36,63 +38,35 @@ class Rows:
         self.max_coactivations = max_coactivations
         self.sums = torch.zeros(4, n_rows * d_child, dtype=torch.float64, device=device)
 
-    def block_sums(
-        self,
-        p_indptr: Tensor,
-        p_tokens: Tensor,
-        p_values: Tensor,
-        c_indptr: Tensor,
-        c_indices: Tensor,
-        c_values: Tensor,
-        n_coactivations: int,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def block_sums(self, block: layout.DeviceBlock) -> tuple[Tensor, Tensor, Tensor]:
         """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block;
         the rows are left zeroed for the next block."""
-        del n_coactivations  # counted here, per batch
-        keys = self._accumulate(p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, True)
+        keys = self._accumulate(block, True)
         touched = (
             torch.unique(torch.cat(keys))
             if keys
-            else torch.zeros(0, dtype=torch.long, device=p_tokens.device)
+            else torch.zeros(0, dtype=torch.long, device=self.sums.device)
         )
         sums = self.sums[:, touched]
         self.sums[:, touched] = 0
         return touched // self.d_child, touched % self.d_child, sums
 
-    def dense_sums(
-        self,
-        p_indptr: Tensor,
-        p_tokens: Tensor,
-        p_values: Tensor,
-        c_indptr: Tensor,
-        c_indices: Tensor,
-        c_values: Tensor,
-        n_coactivations: int,
-    ) -> Tensor:
+    def dense_sums(self, block: layout.DeviceBlock) -> Tensor:
         """The block's sums as dense rows [4, rows, d_child] (0 where a pair never
         co-activates): a view that the caller zeroes once it has read it."""
-        del n_coactivations
-        self._accumulate(p_indptr, p_tokens, p_values, c_indptr, c_indices, c_values, False)
-        n_rows = len(p_indptr) - 1
-        return self.sums[:, : n_rows * self.d_child].view(4, n_rows, self.d_child)
+        self._accumulate(block, False)
+        return self.sums[:, : block.n_rows * self.d_child].view(4, block.n_rows, self.d_child)
 
-    def _accumulate(
-        self,
-        p_indptr: Tensor,
-        p_tokens: Tensor,
-        p_values: Tensor,
-        c_indptr: Tensor,
-        c_indices: Tensor,
-        c_values: Tensor,
-        track: bool,
-    ) -> list[Tensor]:
+    def _accumulate(self, block: layout.DeviceBlock, track: bool) -> list[Tensor]:
         """Add the block's co-activations, in batches; each batch's distinct keys if `track`."""
-        dev = p_tokens.device
-        n_rows = len(p_indptr) - 1
+        dev = block.p_tokens.device
         row_of = torch.repeat_interleave(
-            torch.arange(n_rows, device=dev), p_indptr.diff(), output_size=len(p_tokens)
+            torch.arange(block.n_rows, device=dev),
+            block.p_indptr.diff(),
+            output_size=len(block.p_tokens),
         )
-        tok = p_tokens.long()
+        tok = block.p_tokens.long()
+        c_indptr = block.c_indptr
         per_entry = (c_indptr[tok + 1] - c_indptr[tok]).long()
         total = int(per_entry.sum())
         keys: list[Tensor] = []
@@ -108,11 +82,11 @@ class Rows:
                 key = self._expand(
                     row_of[lo:hi],
                     tok[lo:hi],
-                    p_values[lo:hi],
+                    block.p_values[lo:hi],
                     per_entry[lo:hi],
                     c_indptr,
-                    c_indices,
-                    c_values,
+                    block.c_indices,
+                    block.c_values,
                 )
                 if track:
                     keys.append(torch.unique(key))
