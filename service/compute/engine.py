@@ -376,7 +376,8 @@ def _numba_blocks(w: Work) -> BlockResults:
 
 class DeviceRows(Protocol):
     """A block's dense rows on the device, as both GPU paths keep them (`torch_kernel.Rows`,
-    `gpu_kernel.Rows`): read back by the touched pairs, or whole."""
+    `gpu_kernel.Rows`): read back by the touched pairs (ordered by row, then child), or
+    whole."""
 
     def block_sums(
         self, block: layout.DeviceBlock
@@ -435,7 +436,7 @@ def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
             with w.clock.phase("score"):
                 scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
             with w.clock.phase("candidates"):
-                cands = scores_.candidates(scored, w.params, child_best)
+                cands = scores_.candidates(scored, w.params, child_best, parents_grouped=True)
                 n_pairs = len(scored)
         with w.clock.phase("to host"):
             cands = cands.cpu()

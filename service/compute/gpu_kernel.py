@@ -136,14 +136,15 @@ class Rows:
         self.touched = torch.empty(0, dtype=torch.int64, device=device)
 
     def block_sums(self, block: layout.DeviceBlock) -> tuple[Tensor, Tensor, Tensor]:
-        """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block;
-        they are reset for the next block."""
+        """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block,
+        ordered by row, then child; they are reset for the next block."""
         capacity = min(block.n_coactivations, block.n_rows * self.d_child)
         if capacity > len(self.touched):
             self.touched = torch.empty(capacity, dtype=torch.int64, device=self.sums.device)
         self.counter.zero_()
         self._accumulate(block, True)
-        keys = self.touched[: int(self.counter.item())]
+        # In key order: each row's pairs together (for its maxima), the gather in address order.
+        keys = self.touched[: int(self.counter.item())].sort().values
         sums = self.sums[:, keys]
         self.sums[:, keys] = 0
         return keys // self.d_child, keys % self.d_child, sums

@@ -171,7 +171,12 @@ def empty() -> Edges:
     return Edges.of(*(torch.zeros(0) for _ in fields(Edges)))
 
 
-def candidates(edges: Edges, params: EdgeParams, child_best: Tensor | None = None) -> Edges:
+def candidates(
+    edges: Edges,
+    params: EdgeParams,
+    child_best: Tensor | None = None,
+    parents_grouped: bool = False,
+) -> Edges:
     """A block's candidates among its scored pairs, on their device: a superset of its stored
     edges (finite; above the floor, or scoring at least the k-th best distinct score of their
     parent or child in the block: each group's k best and their ties). No sort: k rounds of a
@@ -180,11 +185,15 @@ def candidates(edges: Edges, params: EdgeParams, child_best: Tensor | None = Non
     `child_best` ([d_child, top_parents], on the device): scores of the earlier blocks' pairs,
     the best of each child (-inf where fewer), raised here with this block's. A child's
     threshold is then its k-th best over every block so far, not this block's alone: where a
-    block holds few parents, nearly every pair is among its child's best in the block."""
+    block holds few parents, nearly every pair is among its child's best in the block.
+
+    `parents_grouped`: the pairs come ordered by parent, so that a parent's maxima are
+    reductions over its own stretch (`_best_distinct_grouped`), not atomics into one place
+    that all of its thousands of pairs contend for."""
     finite = torch.isfinite(edges.score)
     score = torch.where(finite, edges.score, -torch.inf)
     keep = above_floor(edges.score, edges.mcs, params.store_floor)
-    keep |= score >= _kth_best(edges.parent, score, params.top_children)
+    keep |= score >= _kth_best(edges.parent, score, params.top_children, parents_grouped)
     if child_best is None or params.top_parents <= 0:
         keep |= score >= _kth_best(edges.child, score, params.top_parents)
     else:  # raised where this block has pairs
@@ -255,12 +264,14 @@ def _merged(best: Tensor, more: Tensor) -> Tensor:
     return torch.cat([best, more], dim=1).topk(best.shape[1], dim=1).values
 
 
-def _kth_best(group: Tensor, score: Tensor, k: int) -> Tensor:
+def _kth_best(group: Tensor, score: Tensor, k: int, grouped: bool = False) -> Tensor:
     """Per pair, the k-th best distinct score of its group (-inf where the group has fewer):
-    every pair at or above it is among the group's k best or tied with them."""
+    every pair at or above it is among the group's k best or tied with them. `grouped`: the
+    pairs come ordered by group."""
     if len(group) == 0 or k <= 0:
         return torch.full_like(score, torch.inf)
-    return _best_distinct(group, score, k, int(group.max()) + 1)[group.long(), -1]
+    best = _best_distinct_grouped if grouped else _best_distinct
+    return best(group, score, k, int(group.max()) + 1)[group.long(), -1]
 
 
 def _best_distinct(group: Tensor, score: Tensor, k: int, n_groups: int) -> Tensor:
@@ -272,6 +283,22 @@ def _best_distinct(group: Tensor, score: Tensor, k: int, n_groups: int) -> Tenso
     for j in range(1, k):
         below = torch.where(score < best[g, j - 1], score, -torch.inf)
         best[:, j].scatter_reduce_(0, g, below, "amax")
+    return best
+
+
+def _best_distinct_grouped(group: Tensor, score: Tensor, k: int, n_groups: int) -> Tensor:
+    """`_best_distinct` of pairs ordered by group: each round a maximum over each group's
+    stretch (`segment_reduce`; an empty stretch gives -inf), where a scatter's atomics on a
+    GPU would serialise on the group's one place (a CAS loop per float64 maximum)."""
+    g = group.long()
+    if not bool((g[1:] >= g[:-1]).all()):  # a stretch per group, or wrong maxima
+        raise ValueError("pairs are not ordered by group")
+    lengths = torch.bincount(g, minlength=n_groups)
+    best = torch.full((n_groups, k), -torch.inf, dtype=score.dtype, device=score.device)
+    best[:, 0] = torch.segment_reduce(score, "max", lengths=lengths)
+    for j in range(1, k):
+        below = torch.where(score < best[g, j - 1], score, -torch.inf)
+        best[:, j] = torch.segment_reduce(below, "max", lengths=lengths)
     return best
 
 

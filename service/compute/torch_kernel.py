@@ -39,8 +39,9 @@ class Rows:
         self.sums = torch.zeros(4, n_rows * d_child, dtype=torch.float64, device=device)
 
     def block_sums(self, block: layout.DeviceBlock) -> tuple[Tensor, Tensor, Tensor]:
-        """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block;
-        the rows are left zeroed for the next block."""
+        """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block,
+        ordered by row, then child (`unique` sorts); the rows are left zeroed for the next
+        block."""
         keys = self._accumulate(block, True)
         touched = (
             torch.unique(torch.cat(keys))

@@ -390,6 +390,26 @@ def test_cpu_device_auto_and_unavailable_cuda() -> None:
             device.resolve("cuda")
 
 
+def test_grouped_maxima_equal_the_scattered_ones() -> None:
+    # Pairs ordered by group (the listed device path sorts its touched pairs): each group's k
+    # best distinct scores by reductions over its stretch equal those by scattered maxima,
+    # groups with no pair and groups with fewer than k distinct scores included.
+    rng = np.random.default_rng(9)
+    group = torch.from_numpy(np.sort(rng.choice([0, 1, 2, 5, 6, 9], 400)).astype(np.int32))
+    score = torch.from_numpy(rng.integers(0, 5, 400).astype(np.float64) / 4)
+    score[group == 6] = 0.5  # one distinct score
+    score[group == 9] = -torch.inf  # none finite
+    for k in (1, 2, 3):
+        want = scores._best_distinct(group, score, k, 12)
+        got = scores._best_distinct_grouped(group, score, k, 12)
+        assert torch.equal(got, want)
+        assert torch.equal(
+            scores._kth_best(group, score, k, grouped=True), scores._kth_best(group, score, k)
+        )
+    with pytest.raises(ValueError, match="not ordered by group"):
+        scores._best_distinct_grouped(group.flip(0), score, 3, 12)
+
+
 def test_the_top_k_rule_and_the_device_superset() -> None:
     # Ties in score are frequent here: they go to the lowest index; the device's bound keeps
     # every group's k best (and their ties), nothing below the k-th distinct score.
