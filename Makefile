@@ -40,11 +40,13 @@ bench-scale: install
 	$(BIN)/python -m bench.engine --cases scale
 
 # On a GPU machine as it is (PyTorch with CUDA and Triton, numba, numpy, scipy, pytest; no
-# database libraries, nothing installed): the GPU tests, then the engine and encode figures.
+# database libraries, nothing installed): the GPU tests, then the engine and encode figures,
+# measured even where a test fails (the machine is lent for minutes); fails if either did.
 bench-gpu:
 	PYTHONPATH=. $(PYTHON) -m pytest -c /dev/null --rootdir=. --confcutdir=tests/gpu \
-		-p no:cacheprovider -q -ra tests/gpu
-	PYTHONPATH=. $(PYTHON) -m bench.engine --cases gpu
+		-p no:cacheprovider -q -ra tests/gpu; tests=$$?; \
+	PYTHONPATH=. $(PYTHON) -m bench.engine --cases gpu; bench=$$?; \
+	exit $$((tests || bench))
 
 bench-db: install
 	$(BIN)/python -m bench.pipeline

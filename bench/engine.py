@@ -69,6 +69,8 @@ CASES = {
         Case(16384, 65536, 10_000_000, 64, "triton,dense", timeout=75),
         Case(262144, 1 << 20, 1_000_000, 64, "triton", timeout=45),  # listed (0.3% touched)
         Case(65536, 262144, 1_000_000, 64, "triton,triton/listed", timeout=30),
+        # The kernel's launch variants and memory orders (`TUNE`), last: the least needed.
+        Case(16384, 65536, 1_000_000, 64, "tune", timeout=120),
     ],
 }
 
