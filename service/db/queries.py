@@ -352,8 +352,15 @@ def delete_family(conn: Connection, name: str) -> bool:
     )
     forest.forget(conn, sae_ids)
     delete_top_activations(conn, sae_ids)
+    delete_latents(conn, sae_ids)
     deleted = conn.execute(sa.delete(tables.Family).where(tables.Family.name == name))
     return deleted.rowcount == 1
+
+
+def delete_latents(conn: Connection, sae_ids: list[int]) -> None:
+    """Delete the latents of saes `sae_ids` (no foreign key cascades to them: see
+    `tables.Latent`), after their top activations and forest rows, which are found by them."""
+    conn.execute(sa.text("DELETE FROM latent WHERE sae_id = ANY(:ids)"), {"ids": sae_ids})
 
 
 def delete_top_activations(conn: Connection, sae_ids: list[int]) -> None:

@@ -217,6 +217,7 @@ def delete(conn: Connection, name: str, job_params: dict[str, Any]) -> Deleted:
     ).scalar_one()
     forest.forget(conn, [row.id])
     queries.delete_top_activations(conn, [row.id])
+    queries.delete_latents(conn, [row.id])
     d_sae = conn.execute(
         sa.delete(tables.Sae).where(tables.Sae.id == row.id).returning(tables.Sae.d_sae)
     ).scalar_one()

@@ -79,12 +79,16 @@ class Sae(Base):
 
 
 class Latent(Base):
-    """One dictionary element with its statistics over the family's token set."""
+    """One dictionary element with its statistics over the family's token set.
+
+    No foreign key to `sae` (revision 0010): checking it per row was half of inserting an sae's
+    latents, which are written in the sae's own transaction; deleting an sae or a family
+    deletes its latents explicitly (`queries.delete_latents`)."""
 
     __tablename__ = "latent"
 
     id: Mapped[int] = mapped_column(sa.Integer, sa.Identity(), primary_key=True)
-    sae_id: Mapped[int] = mapped_column(sa.ForeignKey("sae.id", ondelete="CASCADE"))
+    sae_id: Mapped[int] = mapped_column(sa.Integer)
     idx: Mapped[int] = mapped_column(sa.Integer)
     label: Mapped[str] = mapped_column(sa.Text, unique=True)
     max_act: Mapped[float] = mapped_column(sa.REAL)

@@ -56,6 +56,7 @@ def test_the_forest_follows_every_change(pipeline: Pipeline, tmp_path: Path) -> 
     assert _top_activations(pipeline, "A/3") > 0 and _top_activations(pipeline, "B/%") > 0
     saes.delete(pipeline.engine, pipeline.config, "A/3")  # A's second level
     assert _orphan_top_activations(pipeline) == 0  # deleted with their latents
+    assert _orphan_latents(pipeline) == 0
     assert pipeline.sql("SELECT count(*) FROM tree_edges WHERE child LIKE 'A/%'")[0][0] < a_trees
     _check(pipeline)
     pipeline.drain()  # the job between A/1 and A/2 its removal planned
@@ -63,6 +64,7 @@ def test_the_forest_follows_every_change(pipeline: Pipeline, tmp_path: Path) -> 
     with pipeline.engine.begin() as conn:
         assert queries.delete_family(conn, "B")
     assert _orphan_top_activations(pipeline) == 0 and _top_activations(pipeline, "A/%") > 0
+    assert _orphan_latents(pipeline) == 0
     _check(pipeline)
     assert pipeline.sql("SELECT count(*) FROM tree_nodes WHERE node LIKE 'B/%'")[0][0] == 0
     # A rebuild from scratch changes nothing.
@@ -136,3 +138,12 @@ def test_a_forest_update_a_dead_worker_left_is_caught_up(
     assert pipeline.drain() == []  # no job to run; the forest is caught up first
     assert pipeline.sql("SELECT forest_at IS NOT NULL FROM job")[0][0]
     assert _check(pipeline) > 0
+
+
+def _orphan_latents(pipeline: Pipeline) -> int:
+    return int(
+        pipeline.sql(
+            "SELECT count(*) FROM latent l"
+            " WHERE NOT EXISTS (SELECT FROM sae s WHERE s.id = l.sae_id)"
+        )[0][0]
+    )
