@@ -265,4 +265,35 @@ def as_tensors(x: LatentMajor | TokenMajor, device: torch.device) -> tuple[torch
         arrays = (x.indptr, x.tokens, x.values)
     else:
         arrays = (x.indptr, x.indices, x.values)
-    return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in arrays)
+    return tuple(to_device(a, device) for a in arrays)
+
+
+# Bytes of each of the two pinned buffers a large host-to-GPU copy goes through.
+STAGE_BYTES = 1 << 28
+
+
+def to_device(a: np.ndarray, device: torch.device, stage_bytes: int = STAGE_BYTES) -> torch.Tensor:
+    """`a` as a tensor on `device`. To a GPU, an array larger than `stage_bytes` goes through
+    two pinned buffers in turn: the host fills one (a parallel copy) while the other's copy to
+    the device runs. From pageable memory the driver copies synchronously through its own small
+    staging buffers, at a fraction of the link's speed (the 10 GB of 16k -> 65k at 10M tokens
+    took ~1 s on an H200)."""
+    src = torch.from_numpy(np.ascontiguousarray(a))
+    if device.type != "cuda" or src.nbytes <= stage_bytes:
+        return src.to(device)
+    out = torch.empty(src.shape, dtype=src.dtype, device=device)
+    src_bytes, out_bytes = src.reshape(-1).view(torch.uint8), out.reshape(-1).view(torch.uint8)
+    stream = torch.cuda.current_stream(device)
+    buffers = [torch.empty(stage_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    copied: list[torch.cuda.Event | None] = [None, None]  # each buffer's last copy out
+    for i, lo in enumerate(range(0, len(src_bytes), stage_bytes)):
+        hi, b = min(lo + stage_bytes, len(src_bytes)), i % 2
+        event = copied[b]
+        if event is not None:
+            event.synchronize()
+        buffers[b][: hi - lo].copy_(src_bytes[lo:hi])
+        out_bytes[lo:hi].copy_(buffers[b][: hi - lo], non_blocking=True)
+        copied[b] = event = torch.cuda.Event()
+        event.record(stream)
+    stream.synchronize()  # the buffers go back to the pinned pool only once emptied
+    return out

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.compute import chunks, engine
+from service.compute import chunks, engine, layout
 from tests.unit.test_engine import as_dict, assert_matches_reference, sparse_matrix
 
 pytestmark = pytest.mark.gpu
@@ -86,3 +86,13 @@ def test_kernel_variants_match_cpu(config: dict, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(gpu_kernel, "DEFAULT", gpu_kernel.Config(**config))
     rng = np.random.default_rng(11)
     _against_cpu(sparse_matrix(rng, 3000, 50, 0.2), sparse_matrix(rng, 3000, 120, 0.1), "triton", 9)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.float32])
+@pytest.mark.parametrize("n", [0, 249, 250, 251, 12_345])
+def test_staged_copies_equal_plain_ones(dtype: type, n: int) -> None:
+    # Through pinned buffers of 1,000 bytes: a stretch and a part, several stretches, none.
+    a = (np.arange(n) * 7 % 1001).astype(dtype)
+    got = layout.to_device(a, torch.device("cuda"), stage_bytes=1000)
+    assert got.device.type == "cuda" and got.dtype == torch.from_numpy(a).dtype
+    assert torch.equal(got.cpu(), torch.from_numpy(a))
