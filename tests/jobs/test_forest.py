@@ -55,16 +55,14 @@ def test_the_forest_follows_every_change(pipeline: Pipeline, tmp_path: Path) -> 
     a_trees = pipeline.sql("SELECT count(*) FROM tree_edges WHERE child LIKE 'A/%'")[0][0]
     assert _top_activations(pipeline, "A/3") > 0 and _top_activations(pipeline, "B/%") > 0
     saes.delete(pipeline.engine, pipeline.config, "A/3")  # A's second level
-    assert _orphan_top_activations(pipeline) == 0  # deleted with their latents
-    assert _orphan_latents(pipeline) == 0
+    assert _orphans(pipeline) == (0, 0)  # deleted with their latents, and those with it
     assert pipeline.sql("SELECT count(*) FROM tree_edges WHERE child LIKE 'A/%'")[0][0] < a_trees
     _check(pipeline)
     pipeline.drain()  # the job between A/1 and A/2 its removal planned
     _check(pipeline)
     with pipeline.engine.begin() as conn:
         assert queries.delete_family(conn, "B")
-    assert _orphan_top_activations(pipeline) == 0 and _top_activations(pipeline, "A/%") > 0
-    assert _orphan_latents(pipeline) == 0
+    assert _orphans(pipeline) == (0, 0) and _top_activations(pipeline, "A/%") > 0
     _check(pipeline)
     assert pipeline.sql("SELECT count(*) FROM tree_nodes WHERE node LIKE 'B/%'")[0][0] == 0
     # A rebuild from scratch changes nothing.
@@ -84,14 +82,16 @@ def _top_activations(pipeline: Pipeline, sae: str) -> int:
     )
 
 
-def _orphan_top_activations(pipeline: Pipeline) -> int:
-    """Top activations whose latent is gone (no foreign key removes them)."""
-    return int(
-        pipeline.sql(
-            "SELECT count(*) FROM top_activation t"
-            " WHERE NOT EXISTS (SELECT FROM latent l WHERE l.id = t.latent_id)"
-        )[0][0]
-    )
+def _orphans(pipeline: Pipeline) -> tuple[int, int]:
+    """Top activations whose latent is gone, latents whose sae is gone (no foreign key
+    removes either)."""
+    row = pipeline.sql(
+        "SELECT (SELECT count(*) FROM top_activation t"
+        "        WHERE NOT EXISTS (SELECT FROM latent l WHERE l.id = t.latent_id)),"
+        "       (SELECT count(*) FROM latent l"
+        "        WHERE NOT EXISTS (SELECT FROM sae s WHERE s.id = l.sae_id))"
+    )[0]
+    return int(row[0]), int(row[1])
 
 
 def test_a_job_rewrites_only_its_family_from_its_child_level(
@@ -138,12 +138,3 @@ def test_a_forest_update_a_dead_worker_left_is_caught_up(
     assert pipeline.drain() == []  # no job to run; the forest is caught up first
     assert pipeline.sql("SELECT forest_at IS NOT NULL FROM job")[0][0]
     assert _check(pipeline) > 0
-
-
-def _orphan_latents(pipeline: Pipeline) -> int:
-    return int(
-        pipeline.sql(
-            "SELECT count(*) FROM latent l"
-            " WHERE NOT EXISTS (SELECT FROM sae s WHERE s.id = l.sae_id)"
-        )[0][0]
-    )
