@@ -36,20 +36,26 @@ _FORGET = """
 DELETE FROM {table} WHERE {key} = ANY(ARRAY(SELECT label FROM latent WHERE sae_id = :sae))
 """
 
+# Each latent's best parent by the job's edges (none without a job): a statement of its own,
+# where a scan of the job's edges (all of them; tens of millions) may run in parallel, which
+# PostgreSQL never does inside a statement that writes. A temporary table, dropped at once.
+_BEST = """
+CREATE TEMP TABLE forest_best ON COMMIT DROP AS
+SELECT DISTINCT ON (e.child_id) e.child_id, p.label AS parent, e.score
+FROM edge e
+JOIN latent p ON p.id = e.parent_id AND p.sae_id = :parent_sae
+JOIN latent c ON c.id = e.child_id AND c.sae_id = :sae
+WHERE e.job_id = :job AND edge_qualifies(e.score, p.n_active, c.n_active)
+ORDER BY e.child_id, e.score DESC, p.idx
+"""
+
 # The sae's latents placed in the forest: under their best parent (if any), whose row the
 # previous level (or an earlier update) wrote; a latent without one is a root.
 _PLACE = """
-WITH best AS MATERIALIZED (
-    SELECT DISTINCT ON (e.child_id) e.child_id, p.label AS parent, e.score
-    FROM edge e
-    JOIN latent p ON p.id = e.parent_id AND p.sae_id = :parent_sae
-    JOIN latent c ON c.id = e.child_id AND c.sae_id = :sae
-    WHERE e.job_id = :job AND edge_qualifies(e.score, p.n_active, c.n_active)
-    ORDER BY e.child_id, e.score DESC, p.idx
-), placed AS (
+WITH placed AS (
     SELECT l.label AS node, b.parent, b.score, n.root, n.depth, n.path
     FROM latent l
-    LEFT JOIN best b ON b.child_id = l.id
+    LEFT JOIN forest_best b ON b.child_id = l.id
     -- OFFSET 0 keeps this a lookup by key per latent (never a scan of the whole forest).
     LEFT JOIN LATERAL (
         SELECT t.root, t.depth, t.path FROM tree_nodes t WHERE t.node = b.parent OFFSET 0
@@ -74,7 +80,11 @@ def update(conn: Connection, family_id: int, from_d_sae: int = 0) -> int:
     saes = conn.execute(sa.text(_SAES_FROM), {"family": family_id, "d_sae": from_d_sae}).all()
     for sae_id, parent_sae_id, job_id in saes:
         forget(conn, [sae_id])
-        conn.execute(sa.text(_PLACE), {"sae": sae_id, "parent_sae": parent_sae_id, "job": job_id})
+        level = {"sae": sae_id, "parent_sae": parent_sae_id, "job": job_id}
+        conn.execute(sa.text(_BEST), level)
+        conn.exec_driver_sql("ANALYZE forest_best")  # its size, for the plan that reads it
+        conn.execute(sa.text(_PLACE), level)
+        conn.exec_driver_sql("DROP TABLE forest_best")
     return len(saes)
 
 
