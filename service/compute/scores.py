@@ -230,7 +230,9 @@ def dense_candidates(
     c_sum_sq, c_max = stat(child_stats.sum_sq)[None, :], stat(child_stats.max_act)[None, :]
     n_rows, d_child = sums.shape[1], sums.shape[2]
     k_p, k_c = params.top_parents, params.top_children
-    if k_p > 0 and child_best is None:  # the block's own best: a bound all the same
+    if k_p <= 0:
+        child_best = None  # no child keeps its best parents
+    elif child_best is None:  # the block's own best: a bound all the same
         child_best = torch.full((d_child, k_p), -torch.inf, dtype=torch.float64, device=dev)
     found = []
     for r0 in range(0, n_rows, chunk_rows):

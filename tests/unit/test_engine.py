@@ -298,6 +298,10 @@ def test_a_block_read_whole_gives_the_listed_blocks_edges(chunk_rows: int) -> No
     finals = [as_dict(scores.finalize(x, params)) for x in (got, want)]
     assert finals[0] == finals[1] and len(finals[0]) > 0
     assert set(as_dict(got)) <= set(as_dict(want))
+    # Without ranks (no top parents or children), only the floor: the same pairs either way.
+    floor_only = scores.EdgeParams(store_floor=0.5, top_parents=0, top_children=0)
+    whole = scores.dense_candidates(sums, lo, p_stats, c_stats, floor_only, best, chunk_rows)
+    assert as_dict(whole) == as_dict(scores.candidates(listed, floor_only, best))
 
 
 @pytest.mark.parametrize("rows", [None, 1, 2])
