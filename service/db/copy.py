@@ -1,4 +1,5 @@
-"""Binary COPY of fixed-width numpy columns (psycopg 3): tens of millions of rows a minute."""
+"""Binary COPY of fixed-width numpy columns (psycopg 3), in and out: tens of millions of rows a
+minute in, a million rows in tenths of a second out (SQLAlchemy's rows take seconds)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,19 @@ PG_TYPES = {"int2": ">i2", "int4": ">i4", "int8": ">i8", "float4": ">f4", "float
 ROWS_PER_WRITE = 1 << 20
 
 
+def _record(kinds: Mapping[str, str]) -> np.dtype:
+    """One row of a binary COPY stream of these fixed-width columns (name: PostgreSQL type)."""
+    fields: list[tuple[str, str]] = [("n_fields", ">i2")]
+    for name, pg_type in kinds.items():
+        fields += [(f"{name}__len", ">i4"), (name, PG_TYPES[pg_type])]
+    return np.dtype(fields)
+
+
 def binary_rows(columns: Mapping[str, tuple[np.ndarray, str]]) -> np.ndarray:
     """The tuples of a binary COPY stream, one record per row (without header or trailer)."""
-    fields: list[tuple[str, str]] = [("n_fields", ">i2")]
-    for name, (_values, pg_type) in columns.items():
-        fields += [(f"{name}__len", ">i4"), (name, PG_TYPES[pg_type])]
+    record = _record({name: pg_type for name, (_values, pg_type) in columns.items()})
     n_rows = len(next(iter(columns.values()))[0]) if columns else 0
-    records = np.empty(n_rows, dtype=np.dtype(fields))
+    records = np.empty(n_rows, dtype=record)
     records["n_fields"] = len(columns)
     for name, (values, pg_type) in columns.items():
         if len(values) != n_rows:
@@ -55,6 +62,32 @@ def copy_in(
             cp.write(binary_rows(piece).tobytes())
         cp.write(TRAILER)
     return n_rows
+
+
+def copy_out(
+    conn: Connection, query: str, params: Sequence[Any], kinds: Mapping[str, str]
+) -> dict[str, np.ndarray]:
+    """The rows of `query` (a SELECT of these fixed-width columns, in this order, none NULL;
+    psycopg placeholders) as numpy columns in native byte order."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    data = bytearray()
+    with raw.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT BINARY)", params) as cp:
+        for chunk in cp:
+            data += chunk
+    if data[: len(HEADER)] != HEADER or data[len(data) - len(TRAILER) :] != TRAILER:
+        raise ValueError("not a binary COPY stream without header extensions")
+    record = _record(kinds)
+    refused = ValueError(f"COPY of {', '.join(kinds)}: a field is NULL or not of its type")
+    body = memoryview(data)[len(HEADER) : len(data) - len(TRAILER)]
+    if len(body) % record.itemsize:
+        raise refused
+    rows = np.frombuffer(body, record)
+    if not (rows["n_fields"] == len(kinds)).all() or any(
+        not (rows[f"{name}__len"] == record[name].itemsize).all() for name in kinds
+    ):
+        raise refused
+    return {name: rows[name].astype(record[name].newbyteorder("=")) for name in kinds}
 
 
 def copy_rows(

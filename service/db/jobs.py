@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
 from service import errors
-from service.db import edges, forest, tables
+from service.db import copy, edges, forest, tables
 
 # NOTIFY channel on which planned jobs wake the workers.
 CHANNEL = "latent_trees_jobs"
@@ -103,21 +103,18 @@ def inputs(conn: Connection, job: Claim) -> JobInputs:
             ),
             {"s": sae_id},
         ).one()
-        rows = conn.execute(
-            sa.text(
-                "SELECT id, max_act, n_active, sum_sq FROM latent WHERE sae_id = :s ORDER BY idx"
-            ),
-            {"s": sae_id},
-        ).all()
-        # Column by column from plain tuples: numpy probing a million Row objects for the array
-        # protocols costs seconds (each probe a failed key lookup).
-        ids, max_act, n_active, sum_sq = zip(*rows, strict=True) if rows else ((),) * 4
+        latents = copy.copy_out(
+            conn,
+            "SELECT id, max_act, n_active, sum_sq FROM latent WHERE sae_id = %s ORDER BY idx",
+            [sae_id],
+            {"id": "int4", "max_act": "float4", "n_active": "int8", "sum_sq": "float8"},
+        )
         return name, SaeLatents(
             path,
-            np.array(ids, np.int64),
-            np.array(max_act, np.float32),
-            np.array(n_active, np.int64),
-            np.array(sum_sq, np.float64),
+            latents["id"].astype(np.int64),
+            latents["max_act"],
+            latents["n_active"],
+            latents["sum_sq"],
             int(n_tokens),
         )
 

@@ -162,12 +162,9 @@ def add(
 def _add_top(conn: Connection, sae_id: int, positions: np.ndarray, values: np.ndarray) -> None:
     d_sae, k = positions.shape
     kept = (positions >= 0).ravel()
-    ids = np.array(
-        conn.execute(sa.text("SELECT id FROM latent WHERE sae_id = :s ORDER BY idx"), {"s": sae_id})
-        .scalars()
-        .all(),
-        np.int32,
-    )
+    ids = copy.copy_out(
+        conn, "SELECT id FROM latent WHERE sae_id = %s ORDER BY idx", [sae_id], {"id": "int4"}
+    )["id"]
     copy.copy_in(
         conn,
         "top_activation",
