@@ -63,7 +63,7 @@ CASES = {
     # The widest pair at 1M tokens on the CPU (the GPU case below, on this machine's cores).
     "wide": [Case(262144, 1 << 20, 1_000_000, 64, timeout=600)],
     # Most telling first: the GPU machine is lent for minutes, so each case has a time limit.
-    # Each device case also reads its blocks the other way (whole or listed: engine.DENSE_BLOCK).
+    # Each device case also reads its blocks the other way (whole or listed: engine.READS).
     "gpu": [
         Case(16384, 65536, 1_000_000, 64, "triton,triton/listed,torch", timeout=40),
         Case(16384, 65536, 10_000_000, 64, "triton,dense", timeout=75),
@@ -140,26 +140,20 @@ def run_engine(
     dev: torch.device,
 ) -> Run:
     """The engine with `backend`; a device path as "triton/whole" or "triton/listed" reads
-    every block whole or by the pairs it touched (`engine.DENSE_BLOCK`), else as it chooses.
+    every block whole or by the pairs it touched (`engine.READS`), else as it chooses.
     The activations are handed over as a job reads them from the store: token-major, every
     entry known to be active (checked here, untimed, as ingest checks it)."""
     parent_rows, child_rows = (layout.Laid(layout.token_major(s)) for s in (parent, child))
     kind, _, read = backend.partition("/")
-    chosen = engine.DENSE_BLOCK
-    if read:
-        fraction = {"whole": 0.0, "listed": float("inf")}[read]
-        engine.DENSE_BLOCK = dict.fromkeys(chosen, fraction)
-    try:
-        result = engine.score_pair(
-            parent_rows,
-            child_rows,
-            device=dev,
-            backend=kind,
-            parent_stats=st[0],
-            child_stats=st[1],
-        )
-    finally:
-        engine.DENSE_BLOCK = chosen
+    result = engine.score_pair(
+        parent_rows,
+        child_rows,
+        device=dev,
+        backend=kind,
+        parent_stats=st[0],
+        child_stats=st[1],
+        read=read or "auto",
+    )
     label = f"engine ({result.backend}{', ' + read if read else ''})"
     phases = ", ".join(f"{k} {v:.2f}" for k, v in result.phases.items())
     note = f"{len(result.blocks)} blocks; {result.n_candidates:.3g} candidates; seconds: {phases}"

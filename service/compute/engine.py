@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 BACKENDS = ("auto", "numba", "triton", "torch")
+# How the device paths read a block's dense rows: as `DENSE_BLOCK` says, whole, or by the list
+# of the pairs it touched.
+READS = ("auto", "whole", "listed")
 # Whose latents a backend's blocks cut: its rows.
 ROWS = {"numba": "child", "triton": "parent", "torch": "parent"}
 # Bytes per entry of a block gathered latent-major (token int32 + value float32), with slack.
@@ -162,11 +165,16 @@ def score_pair(
     max_block_rows: int | None = None,
     on_block: Callable[[int, int], None] | None = None,
     runner: Runner | None = None,
+    read: str = "auto",
 ) -> PairResult:
     """Every stored edge between `parent` and `child` (SPEC.md section 2), with statistics.
 
     `on_block(done, total)` is called after each block (progress). `runner` scores the blocks
-    elsewhere (`cluster.RayRunner`: Ray tasks, on its devices); by default they run here."""
+    elsewhere (`cluster.RayRunner`: Ray tasks, on its devices); by default they run here.
+    `read` (`READS`): how the torch and Triton paths read a block (the same edges either way;
+    the CPU kernel has one way)."""
+    if read not in READS:
+        raise ValueError(f"unknown read {read!r}: expected one of {', '.join(READS)}")
     if parent.n_tokens != child.n_tokens:
         raise ValueError(
             f"parent has {parent.n_tokens} tokens but child has {child.n_tokens}: "
@@ -220,6 +228,7 @@ def score_pair(
         kind,
         budget,
         chunk_tokens,
+        read,
     )
     results: list[BlockResult | None] = [None] * len(blocks)
     done = enumerate(score_blocks(pair, blocks, clock)) if runner is None else runner(pair, blocks)
@@ -276,6 +285,7 @@ class Pair:
     backend: str
     budget: int
     chunk_tokens: int
+    read: str = "auto"  # `READS`
 
 
 @dataclass(frozen=True)
@@ -325,6 +335,7 @@ def score_blocks(
         dev,
         pair.budget,
         clock,
+        pair.read,
     )
     yield from run(work)
 
@@ -351,6 +362,7 @@ class Work:
     dev: torch.device
     budget: int
     clock: Clock
+    read: str = "auto"  # `READS`
 
 
 def _numba_blocks(w: Work) -> BlockResults:
@@ -390,7 +402,7 @@ def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
     """The torch and Triton paths: both saes on the device, the parent made latent-major
     there once (one sort), then each block's pairs scored and filtered there: read whole
     where its co-activations are at least `DENSE_BLOCK` of its pairs, else by the list of the
-    pairs it touched."""
+    pairs it touched (unless `w.read` says which)."""
     with w.clock.phase("to device"):
         c_indptr, c_indices, c_values = layout.as_tensors(w.child, w.dev)
         per_token = c_indptr.diff()
@@ -403,6 +415,11 @@ def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
             (w.child.d_sae, w.params.top_parents), -torch.inf, dtype=torch.float64, device=w.dev
         )
     chunk_rows = max(1, w.budget // (4 * _BYTES_PER_DENSE_PAIR * max(w.child.d_sae, 1)))
+    # The least co-activations per pair at which a block is read whole.
+    if w.read == "auto":
+        fraction = DENSE_BLOCK.get(w.dev.type, DENSE_BLOCK["cuda"])  # any accelerator as a GPU
+    else:
+        fraction = 0.0 if w.read == "whole" else float("inf")
     for lo, hi in w.blocks:
         with w.clock.phase("sums"):
             first, last = int(p_indptr[lo]), int(p_indptr[hi])
@@ -417,7 +434,6 @@ def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
                 c_values,
                 coacts,
             )
-            fraction = DENSE_BLOCK.get(w.dev.type, DENSE_BLOCK["cuda"])  # any accelerator
             dense = coacts >= fraction * (hi - lo) * w.child.d_sae
             if dense:
                 sums = rows.dense_sums(block)

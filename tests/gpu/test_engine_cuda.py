@@ -21,9 +21,14 @@ def _close(got: dict, want: dict) -> None:
 
 
 def _against_cpu(
-    parent: np.ndarray, child: np.ndarray, backend: str, max_block_rows: int | None
+    parent: np.ndarray,
+    child: np.ndarray,
+    backend: str,
+    max_block_rows: int | None,
+    read: str = "auto",
 ) -> None:
-    """The pair scored on CUDA gives the CPU kernel's edges and the float64 reference's."""
+    """The pair scored on CUDA (its blocks read as `read` says) gives the CPU kernel's edges
+    and the float64 reference's."""
     cpu = engine.score_pair(
         chunks.DenseSource(torch.from_numpy(parent)),
         chunks.DenseSource(torch.from_numpy(child)),
@@ -36,6 +41,7 @@ def _against_cpu(
         device="cuda",
         backend=backend,
         max_block_rows=max_block_rows,
+        read=read,
     )
     assert gpu.backend == backend
     _close(as_dict(gpu.edges), as_dict(cpu.edges))
@@ -47,17 +53,16 @@ def _against_cpu(
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("max_block_rows", [None, 7])
 def test_cuda_matches_cpu_and_reference(
-    backend: str, max_block_rows: int | None, read: str, monkeypatch: pytest.MonkeyPatch
+    backend: str, max_block_rows: int | None, read: str
 ) -> None:
-    # Every block read whole, or by the pairs it touched (engine.DENSE_BLOCK).
-    fraction = 0.0 if read == "whole" else float("inf")
-    monkeypatch.setattr(engine, "DENSE_BLOCK", {"cpu": 1.0, "cuda": fraction})
+    # Every block read whole, or by the pairs it touched.
     rng = np.random.default_rng(7)
     _against_cpu(
         sparse_matrix(rng, 2000, 40, 0.05),
         sparse_matrix(rng, 2000, 160, 0.02),
         backend,
         max_block_rows,
+        read,
     )
 
 

@@ -33,19 +33,14 @@ def run(
     """The pair scored by `backend` (a device path with "/listed": every block read by the
     pairs it touched; without it, every block read whole)."""
     kind, _, read = backend.partition("/")
-    dense_block = engine.DENSE_BLOCK
-    fraction = float("inf") if read == "listed" else 0.0
-    engine.DENSE_BLOCK = {"cpu": fraction, "cuda": fraction}
-    try:
-        return engine.score_pair(
-            chunks.DenseSource(torch.from_numpy(parent)),
-            chunks.DenseSource(torch.from_numpy(child)),
-            device="cpu",
-            backend=kind,
-            **kwargs,  # type: ignore[arg-type]
-        )
-    finally:
-        engine.DENSE_BLOCK = dense_block
+    return engine.score_pair(
+        chunks.DenseSource(torch.from_numpy(parent)),
+        chunks.DenseSource(torch.from_numpy(child)),
+        device="cpu",
+        backend=kind,
+        read=read or "whole",
+        **kwargs,  # type: ignore[arg-type]
+    )
 
 
 def as_dict(edges: scores.Edges) -> dict[tuple[int, int], dict[str, float]]:
@@ -392,6 +387,12 @@ def test_cpu_device_auto_and_unavailable_cuda() -> None:
         assert device.resolve("auto").type == "cpu"
         with pytest.raises(errors.ServiceError, match="CUDA is not available"):
             device.resolve("cuda")
+
+
+def test_an_unknown_read_is_refused() -> None:
+    rng = np.random.default_rng(1)
+    with pytest.raises(ValueError, match="unknown read 'dense': expected one of auto, whole"):
+        run(sparse_matrix(rng, 50, 4, 0.3), sparse_matrix(rng, 50, 8, 0.3), "torch/dense")
 
 
 def test_grouped_maxima_equal_the_scattered_ones() -> None:
