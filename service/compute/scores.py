@@ -188,8 +188,8 @@ def candidates(
     block holds few parents, nearly every pair is among its child's best in the block.
 
     `parents_grouped`: the pairs come ordered by parent, so that a parent's maxima are
-    reductions over its own stretch (`_best_distinct_grouped`), not atomics into one place
-    that all of its thousands of pairs contend for."""
+    reductions over its own stretch (`_best_distinct`), not atomics into one place that all of
+    its thousands of pairs contend for."""
     finite = torch.isfinite(edges.score)
     score = torch.where(finite, edges.score, -torch.inf)
     keep = above_floor(edges.score, edges.mcs, params.store_floor)
@@ -272,35 +272,33 @@ def _kth_best(group: Tensor, score: Tensor, k: int, grouped: bool = False) -> Te
     pairs come ordered by group."""
     if len(group) == 0 or k <= 0:
         return torch.full_like(score, torch.inf)
-    best = _best_distinct_grouped if grouped else _best_distinct
-    return best(group, score, k, int(group.max()) + 1)[group.long(), -1]
+    return _best_distinct(group, score, k, int(group.max()) + 1, grouped)[group.long(), -1]
 
 
-def _best_distinct(group: Tensor, score: Tensor, k: int, n_groups: int) -> Tensor:
+def _best_distinct(
+    group: Tensor, score: Tensor, k: int, n_groups: int, grouped: bool = False
+) -> Tensor:
     """Each group's k best distinct scores ([n_groups, k], descending; -inf where fewer):
-    the best, then each next below it, by k rounds of a per-group maximum."""
+    the best, then each next below it, by k rounds of a per-group maximum. Of pairs ordered
+    by group (`grouped`), each maximum is over the group's stretch (`segment_reduce`; an empty
+    stretch gives -inf), where a scatter's atomics on a GPU would serialise on the group's one
+    place (a CAS loop per float64 maximum)."""
     g = group.long()
-    best = torch.full((n_groups, k), -torch.inf, dtype=score.dtype, device=score.device)
-    best[:, 0].scatter_reduce_(0, g, score, "amax")
-    for j in range(1, k):
-        below = torch.where(score < best[g, j - 1], score, -torch.inf)
-        best[:, j].scatter_reduce_(0, g, below, "amax")
-    return best
+    if grouped:
+        if not bool((g[1:] >= g[:-1]).all()):  # a stretch per group, or wrong maxima
+            raise ValueError("pairs are not ordered by group")
+        lengths = torch.bincount(g, minlength=n_groups)
 
+    def maximum(values: Tensor, out: Tensor) -> None:
+        if grouped:
+            out.copy_(torch.segment_reduce(values, "max", lengths=lengths))
+        else:
+            out.scatter_reduce_(0, g, values, "amax")
 
-def _best_distinct_grouped(group: Tensor, score: Tensor, k: int, n_groups: int) -> Tensor:
-    """`_best_distinct` of pairs ordered by group: each round a maximum over each group's
-    stretch (`segment_reduce`; an empty stretch gives -inf), where a scatter's atomics on a
-    GPU would serialise on the group's one place (a CAS loop per float64 maximum)."""
-    g = group.long()
-    if not bool((g[1:] >= g[:-1]).all()):  # a stretch per group, or wrong maxima
-        raise ValueError("pairs are not ordered by group")
-    lengths = torch.bincount(g, minlength=n_groups)
     best = torch.full((n_groups, k), -torch.inf, dtype=score.dtype, device=score.device)
-    best[:, 0] = torch.segment_reduce(score, "max", lengths=lengths)
+    maximum(score, best[:, 0])
     for j in range(1, k):
-        below = torch.where(score < best[g, j - 1], score, -torch.inf)
-        best[:, j] = torch.segment_reduce(below, "max", lengths=lengths)
+        maximum(torch.where(score < best[g, j - 1], score, -torch.inf), best[:, j])
     return best
 
 

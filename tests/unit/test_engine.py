@@ -406,13 +406,13 @@ def test_grouped_maxima_equal_the_scattered_ones() -> None:
     score[group == 9] = -torch.inf  # none finite
     for k in (1, 2, 3):
         want = scores._best_distinct(group, score, k, 12)
-        got = scores._best_distinct_grouped(group, score, k, 12)
+        got = scores._best_distinct(group, score, k, 12, grouped=True)
         assert torch.equal(got, want)
         assert torch.equal(
             scores._kth_best(group, score, k, grouped=True), scores._kth_best(group, score, k)
         )
     with pytest.raises(ValueError, match="not ordered by group"):
-        scores._best_distinct_grouped(group.flip(0), score, 3, 12)
+        scores._best_distinct(group.flip(0), score, 3, 12, grouped=True)
 
 
 def test_the_top_k_rule_and_the_device_superset() -> None:
