@@ -9,14 +9,19 @@ counter per vector, a prefix sum within it), and only the touched pairs are then
 reset (torch, on the device): no pass over pairs that never co-activate.
 
 The atomics are relaxed: nothing in the kernel orders one memory access after another, and
-the launch's end makes every add visible. Triton's default (acquire-release) fences each one
-(reported 1.1-2x slower on GPUs; `Config.sem` keeps it for a comparison in the same run).
+the launch's end makes every add visible. Triton's default (acquire-release) fences each one:
+compiled for an H100, each becomes an atomic that waits for its old value, fenced by a
+MEMBAR.ALL.GPU, an L1 invalidation and two barriers of the program; relaxed, an add whose old
+value is unused is a fire-and-forget reduction (REDG), so that a block read whole is four REDG
+per co-activation and nothing else (`python -m service.compute.gpu_kernel` prints the SASS on
+any machine; tests/unit/test_gpu_assembly.py checks it). `Config.sem` keeps acquire-release
+for a comparison in the same run.
 
 Ceilings, for 16k -> 65k at 10M tokens, L0 64 (2.3e10 co-activations) on one H100: operations:
 4 atomic adds per co-activation, ~9e10 atomics; H100 global atomics run at roughly 1-2e11/s
 when they hit L2, so ~0.5-1 s; bytes: 8 B of child entry read per co-activation (~180 GB,
 ~0.06 s at 3.3 TB/s) plus the atomics' L2 traffic. Measured on an H200 (acquire-release, with
-the touched list): 3.8 s, 2.4e10 atomics/s (README).
+the touched list): 3.8 s, 2.4e10 atomics/s (README); relaxed and whole: not yet measured.
 
 Under TRITON_INTERPRET=1 (set before this module is imported) the same kernel runs on CPU
 tensors: that is how CI tests it against the float64 reference.
@@ -156,17 +161,23 @@ class Rows:
         return self.sums[:, : block.n_rows * self.d_child].view(4, block.n_rows, self.d_child)
 
     def _accumulate(self, block: layout.DeviceBlock, track: bool) -> None:
-        n_entries = len(block.p_tokens)
-        if n_entries == 0:
+        if len(block.p_tokens) == 0:
             return
+        args, constants = self._arguments(block, track)
+        grid = (triton.cdiv(len(block.p_tokens), self.config.entries),)
+        _accumulate[grid](*args, **constants, num_warps=self.config.num_warps)
+
+    def _arguments(
+        self, block: layout.DeviceBlock, track: bool
+    ) -> tuple[list[Tensor | int], dict[str, object]]:
+        """The kernel's arguments for one block, and its compile-time constants."""
+        n_entries = len(block.p_tokens)
         row_of = torch.repeat_interleave(
             torch.arange(block.n_rows, device=block.p_tokens.device, dtype=torch.int32),
             block.p_indptr.diff(),
             output_size=n_entries,
         )
-        cfg = self.config
-        grid = (triton.cdiv(n_entries, cfg.entries),)
-        _accumulate[grid](
+        args: list[Tensor | int] = [
             row_of,
             block.p_tokens,
             block.p_values,
@@ -180,9 +191,68 @@ class Rows:
             self.counter,
             n_entries,
             self.d_child,
-            BLOCK_C=cfg.block_c,
-            ENTRIES=cfg.entries,
-            TRACK=track,
-            SEM=cfg.sem,
-            num_warps=cfg.num_warps,
-        )
+        ]
+        cfg = self.config
+        constants = {"BLOCK_C": cfg.block_c, "ENTRIES": cfg.entries, "TRACK": track, "SEM": cfg.sem}
+        return args, constants
+
+
+# Triton's names for the argument types (a pointer is "*" and its element's).
+_TYPES = {torch.int32: "i32", torch.int64: "i64", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+def assembly(config: Config = DEFAULT, track: bool = False, arch: int = 90) -> dict[str, str]:
+    """The kernel compiled for an NVIDIA GPU of compute capability `arch` (90: H100, H200)
+    without one: its PTX and SASS (Triton ships the compiler and the disassembler). How each
+    atomic compiles decides the kernel's speed; the tests check it on the CPU. Not under
+    TRITON_INTERPRET=1 (the interpreter replaces the functions the kernel calls): run
+    `python -m service.compute.gpu_kernel` in a process of its own."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("the kernel cannot be compiled under TRITON_INTERPRET=1")
+
+    block = layout.DeviceBlock(
+        torch.tensor([0, 1]),
+        torch.zeros(1, dtype=torch.int32),
+        torch.ones(1),
+        torch.tensor([0, 1]),
+        torch.zeros(1, dtype=torch.int32),
+        torch.ones(1),
+        1,
+    )
+    rows = Rows(1, 1, torch.device("cpu"), config)
+    rows.touched = torch.empty(1, dtype=torch.int64)
+    args, constants = rows._arguments(block, track)
+    fn = _accumulate
+    signature = {
+        name: "*" + _TYPES[a.dtype] if isinstance(a, Tensor) else ("i32" if a < 2**31 else "i64")
+        for name, a in zip(fn.arg_names, args, strict=False)
+    } | dict.fromkeys(constants, "constexpr")
+    compiled = triton.compile(
+        ASTSource(fn, signature, constants),
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": config.num_warps},
+    )
+    return {"ptx": compiled.asm["ptx"], "sass": compiled.asm["sass"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m service.compute.gpu_kernel [--listed] [--sem S] [--arch N] [--ptx]`: the
+    kernel's SASS (or PTX) as it compiles for a GPU, on any machine with Triton."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--listed", action="store_true", help="the listed read (touched list)")
+    parser.add_argument("--sem", default=DEFAULT.sem, help="the atomics' memory order")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability (90: H100)")
+    parser.add_argument("--ptx", action="store_true", help="PTX instead of SASS")
+    args = parser.parse_args(argv)
+    config = Config(sem=args.sem)
+    sys.stdout.write(assembly(config, args.listed, args.arch)["ptx" if args.ptx else "sass"])
+
+
+if __name__ == "__main__":
+    main()
