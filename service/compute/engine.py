@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from service.compute import chunks as chunks_
-from service.compute import cpu_kernel, layout, torch_kernel
+from service.compute import cpu_kernel, layout, placement, torch_kernel
 from service.compute import device as device_
 from service.compute import scores as scores_
 from service.compute import stats as stats_
@@ -75,6 +75,7 @@ class PairResult:
     seconds: float
     backend: str
     phases: dict[str, float]  # seconds per phase (`Clock`)
+    n_ranges: int = 1  # ranges of tokens a device path was handed each block in (`placement`)
 
 
 class Clock:
@@ -166,13 +167,16 @@ def score_pair(
     on_block: Callable[[int, int], None] | None = None,
     runner: Runner | None = None,
     read: str = "auto",
+    activation_memory: int | None = None,
 ) -> PairResult:
     """Every stored edge between `parent` and `child` (SPEC.md section 2), with statistics.
 
     `on_block(done, total)` is called after each block (progress). `runner` scores the blocks
     elsewhere (`cluster.RayRunner`: Ray tasks, on its devices); by default they run here.
     `read` (`READS`): how the torch and Triton paths read a block (the same edges either way;
-    the CPU kernel has one way)."""
+    the CPU kernel has one way). `activation_memory`: bytes of the device those paths may
+    hold activations in (`placement`; default: what a GPU has free beyond the budget, with
+    slack; unbounded on the CPU)."""
     if read not in READS:
         raise ValueError(f"unknown read {read!r}: expected one of {', '.join(READS)}")
     if parent.n_tokens != child.n_tokens:
@@ -229,6 +233,7 @@ def score_pair(
         budget,
         chunk_tokens,
         read,
+        activation_memory,
     )
     results: list[BlockResult | None] = [None] * len(blocks)
     done = enumerate(score_blocks(pair, blocks, clock)) if runner is None else runner(pair, blocks)
@@ -267,6 +272,7 @@ def score_pair(
         time.perf_counter() - started,
         kind,
         clock.seconds,
+        max(r.n_ranges for r in found) if found else 1,
     )
 
 
@@ -286,6 +292,7 @@ class Pair:
     budget: int
     chunk_tokens: int
     read: str = "auto"  # `READS`
+    activation_memory: int | None = None  # `score_pair`'s
 
 
 @dataclass(frozen=True)
@@ -299,6 +306,7 @@ class BlockResult:
     n_coactivations: int
     n_pairs: int  # distinct co-active pairs
     n_candidates: int  # in `candidates` (the CPU kernel's unused places not counted)
+    n_ranges: int = 1  # ranges of tokens the device was handed the block in (`placement`)
 
 
 class Runner(Protocol):
@@ -336,6 +344,7 @@ def score_blocks(
         pair.budget,
         clock,
         pair.read,
+        pair.activation_memory,
     )
     yield from run(work)
 
@@ -363,6 +372,7 @@ class Work:
     budget: int
     clock: Clock
     read: str = "auto"  # `READS`
+    activation_memory: int | None = None  # `score_pair`'s
 
 
 def _numba_blocks(w: Work) -> BlockResults:
@@ -392,21 +402,23 @@ class DeviceRows(Protocol):
     whole."""
 
     def block_sums(
-        self, block: layout.DeviceBlock
+        self, parts: Iterable[layout.DeviceBlock], n_coactivations: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
-    def dense_sums(self, block: layout.DeviceBlock) -> torch.Tensor: ...
+    def dense_sums(self, parts: Iterable[layout.DeviceBlock]) -> torch.Tensor: ...
 
 
 def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
-    """The torch and Triton paths: both saes on the device, the parent made latent-major
-    there once (one sort), then each block's pairs scored and filtered there: read whole
-    where its co-activations are at least `DENSE_BLOCK` of its pairs, else by the list of the
-    pairs it touched (unless `w.read` says which)."""
+    """The torch and Triton paths: the activations placed on the device (`placement`: whole,
+    or streamed in ranges of tokens where they do not fit), then each block's pairs summed,
+    scored and filtered there: read whole where its co-activations are at least `DENSE_BLOCK`
+    of its pairs, else by the list of the pairs it touched (unless `w.read` says which)."""
     with w.clock.phase("to device"):
-        c_indptr, c_indices, c_values = layout.as_tensors(w.child, w.dev)
-        per_token = c_indptr.diff()
-        p_indptr, p_tokens, p_values = layout.latent_major_on(w.parent, w.dev)
+        memory = w.activation_memory
+        free = device_.free_memory(w.dev)
+        if memory is None and free is not None:  # what the working budget leaves, with slack
+            memory = max(0, int(free * 0.9) - w.budget // 2)
+        acts = placement.place(w.parent, w.child, w.dev, memory)
         p_stats, c_stats = (_on(w.parent_stats, w.dev), _on(w.child_stats, w.dev))
     # Each child's best scores over the blocks so far: its candidates' threshold.
     child_best = None
@@ -421,24 +433,14 @@ def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
     else:
         fraction = 0.0 if w.read == "whole" else float("inf")
     for lo, hi in w.blocks:
-        with w.clock.phase("sums"):
-            first, last = int(p_indptr[lo]), int(p_indptr[hi])
-            tokens = p_tokens[first:last]
-            coacts = int(per_token[tokens.long()].sum())
-            block = layout.DeviceBlock(
-                p_indptr[lo : hi + 1] - first,
-                tokens,
-                p_values[first:last],
-                c_indptr,
-                c_indices,
-                c_values,
-                coacts,
-            )
+        with w.clock.phase("gather" if isinstance(acts, placement.Streamed) else "sums"):
+            coacts, parts = acts.block(lo, hi)
+        with w.clock.phase("sums"):  # streamed: with the parts' copies to the device
             dense = coacts >= fraction * (hi - lo) * w.child.d_sae
             if dense:
-                sums = rows.dense_sums(block)
+                sums = rows.dense_sums(parts)
             else:
-                r, c, sums = rows.block_sums(block)
+                r, c, sums = rows.block_sums(parts, coacts)
         # Phases synchronised on a GPU, so that a block's fixed costs show where they lie:
         # scoring the pairs, choosing the candidates, copying them to the host.
         if dense:
@@ -456,7 +458,7 @@ def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
                 n_pairs = len(scored)
         with w.clock.phase("to host"):
             cands = cands.cpu()
-        yield BlockResult(cands, None, None, coacts, n_pairs, len(cands))
+        yield BlockResult(cands, None, None, coacts, n_pairs, len(cands), acts.n_ranges)
 
 
 def _on(s: stats_.LatentStats, dev: torch.device) -> stats_.LatentStats:

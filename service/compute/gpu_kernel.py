@@ -30,6 +30,7 @@ tensors: that is how CI tests it against the float64 reference.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -140,25 +141,32 @@ class Rows:
         self.counter = torch.zeros(1, dtype=torch.int32, device=device)
         self.touched = torch.empty(0, dtype=torch.int64, device=device)
 
-    def block_sums(self, block: layout.DeviceBlock) -> tuple[Tensor, Tensor, Tensor]:
-        """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block,
-        ordered by row, then child; they are reset for the next block."""
-        capacity = min(block.n_coactivations, block.n_rows * self.d_child)
-        if capacity > len(self.touched):
-            self.touched = torch.empty(capacity, dtype=torch.int64, device=self.sums.device)
+    def block_sums(
+        self, parts: Iterable[layout.DeviceBlock], n_coactivations: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(rows, children, sums [4, n] as ab, aa, bb, n) of the pairs a block's parts touched
+        (`n_coactivations` in all), ordered by row, then child; they are reset for the next
+        block."""
         self.counter.zero_()
-        self._accumulate(block, True)
+        for i, part in enumerate(parts):
+            capacity = min(n_coactivations, part.n_rows * self.d_child)
+            if i == 0 and capacity > len(self.touched):  # parts share the rows: sized once
+                self.touched = torch.empty(capacity, dtype=torch.int64, device=self.sums.device)
+            self._accumulate(part, True)
         # In key order: each row's pairs together (for its maxima), the gather in address order.
         keys = self.touched[: int(self.counter.item())].sort().values
         sums = self.sums[:, keys]
         self.sums[:, keys] = 0
         return keys // self.d_child, keys % self.d_child, sums
 
-    def dense_sums(self, block: layout.DeviceBlock) -> Tensor:
-        """The block's sums as dense rows [4, rows, d_child] (ab, aa, bb, n; 0 where a pair
-        never co-activates): a view that the caller zeroes once it has read it."""
-        self._accumulate(block, False)
-        return self.sums[:, : block.n_rows * self.d_child].view(4, block.n_rows, self.d_child)
+    def dense_sums(self, parts: Iterable[layout.DeviceBlock]) -> Tensor:
+        """A block's sums over its parts as dense rows [4, rows, d_child] (ab, aa, bb, n; 0
+        where a pair never co-activates): a view that the caller zeroes once it has read it."""
+        n_rows = 0
+        for part in parts:
+            self._accumulate(part, False)
+            n_rows = part.n_rows
+        return self.sums[:, : n_rows * self.d_child].view(4, n_rows, self.d_child)
 
     def _accumulate(self, block: layout.DeviceBlock, track: bool) -> None:
         if len(block.p_tokens) == 0:
@@ -220,7 +228,6 @@ def assembly(config: Config = DEFAULT, track: bool = False, arch: int = 90) -> d
         torch.tensor([0, 1]),
         torch.zeros(1, dtype=torch.int32),
         torch.ones(1),
-        1,
     )
     rows = Rows(1, 1, torch.device("cpu"), config)
     rows.touched = torch.empty(1, dtype=torch.int64)

@@ -51,16 +51,16 @@ class LatentMajor:
 
 @dataclass(frozen=True)
 class DeviceBlock:
-    """One block as the device paths take it (tensors on the device): its rows' entries
-    latent-major, pointers from 0, and the child's entries token-major, whole."""
+    """One block, or its part over a range of tokens, as the device paths take it (tensors on
+    the device): its rows' entries latent-major, pointers from 0, and the child's entries of
+    the same tokens token-major (tokens numbered from the range's first)."""
 
     p_indptr: torch.Tensor  # int64 [rows + 1]
     p_tokens: torch.Tensor  # int32 [entries]
     p_values: torch.Tensor  # float32 [entries]
-    c_indptr: torch.Tensor  # int64 [T + 1]
+    c_indptr: torch.Tensor  # int64 [tokens + 1]
     c_indices: torch.Tensor  # int32 [nnz]
     c_values: torch.Tensor  # float32 [nnz]
-    n_coactivations: int  # of the block: a bound on the pairs it touches
 
     @property
     def n_rows(self) -> int:

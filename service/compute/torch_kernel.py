@@ -11,6 +11,7 @@ the GPU.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -38,11 +39,13 @@ class Rows:
         self.max_coactivations = max_coactivations
         self.sums = torch.zeros(4, n_rows * d_child, dtype=torch.float64, device=device)
 
-    def block_sums(self, block: layout.DeviceBlock) -> tuple[Tensor, Tensor, Tensor]:
-        """(rows, children, sums [4, n] as ab, aa, bb, n) of the touched pairs of one block,
+    def block_sums(
+        self, parts: Iterable[layout.DeviceBlock], n_coactivations: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(rows, children, sums [4, n] as ab, aa, bb, n) of the pairs a block's parts touched,
         ordered by row, then child (`unique` sorts); the rows are left zeroed for the next
         block."""
-        keys = self._accumulate(block, True)
+        keys = [key for part in parts for key in self._accumulate(part, True)]
         touched = (
             torch.unique(torch.cat(keys))
             if keys
@@ -52,11 +55,14 @@ class Rows:
         self.sums[:, touched] = 0
         return touched // self.d_child, touched % self.d_child, sums
 
-    def dense_sums(self, block: layout.DeviceBlock) -> Tensor:
-        """The block's sums as dense rows [4, rows, d_child] (0 where a pair never
-        co-activates): a view that the caller zeroes once it has read it."""
-        self._accumulate(block, False)
-        return self.sums[:, : block.n_rows * self.d_child].view(4, block.n_rows, self.d_child)
+    def dense_sums(self, parts: Iterable[layout.DeviceBlock]) -> Tensor:
+        """A block's sums over its parts as dense rows [4, rows, d_child] (0 where a pair
+        never co-activates): a view that the caller zeroes once it has read it."""
+        n_rows = 0
+        for part in parts:
+            self._accumulate(part, False)
+            n_rows = part.n_rows
+        return self.sums[:, : n_rows * self.d_child].view(4, n_rows, self.d_child)
 
     def _accumulate(self, block: layout.DeviceBlock, track: bool) -> list[Tensor]:
         """Add the block's co-activations, in batches; each batch's distinct keys if `track`."""

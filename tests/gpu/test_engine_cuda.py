@@ -26,9 +26,10 @@ def _against_cpu(
     backend: str,
     max_block_rows: int | None,
     read: str = "auto",
-) -> None:
-    """The pair scored on CUDA (its blocks read as `read` says) gives the CPU kernel's edges
-    and the float64 reference's."""
+    activation_memory: int | None = None,
+) -> engine.PairResult:
+    """The pair scored on CUDA (its blocks read as `read` says, its activations within
+    `activation_memory`) gives the CPU kernel's edges and the float64 reference's."""
     cpu = engine.score_pair(
         chunks.DenseSource(torch.from_numpy(parent)),
         chunks.DenseSource(torch.from_numpy(child)),
@@ -42,11 +43,13 @@ def _against_cpu(
         backend=backend,
         max_block_rows=max_block_rows,
         read=read,
+        activation_memory=activation_memory,
     )
     assert gpu.backend == backend
     _close(as_dict(gpu.edges), as_dict(cpu.edges))
     assert gpu.n_coactivations == cpu.n_coactivations
     assert_matches_reference(parent, child, gpu)
+    return gpu
 
 
 @pytest.mark.parametrize("read", ["whole", "listed"])
@@ -64,6 +67,15 @@ def test_cuda_matches_cpu_and_reference(
         max_block_rows,
         read,
     )
+
+
+@pytest.mark.parametrize("read", ["whole", "listed"])
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_activations_streamed_to_cuda_in_ranges_of_tokens(backend: str, read: str) -> None:
+    rng = np.random.default_rng(8)
+    parent, child = sparse_matrix(rng, 2000, 40, 0.05), sparse_matrix(rng, 2000, 160, 0.02)
+    gpu = _against_cpu(parent, child, backend, 7, read, activation_memory=20_000)
+    assert gpu.n_ranges > 1
 
 
 def test_auto_on_cuda_is_the_triton_kernel() -> None:

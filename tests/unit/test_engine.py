@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.compute import chunks, engine, layout, scores
+from service.compute import chunks, engine, layout, placement, scores
 from tests import reference
 
 if not torch.cuda.is_available():
@@ -122,6 +122,64 @@ def test_blocks_of_every_size_give_the_same_edges(backend: str) -> None:
         for key, parts in got.items():
             for name, value in parts.items():
                 assert value == pytest.approx(want[key][name], rel=1e-12), (key, name)
+
+
+DEVICE_PATHS = [b for b in BACKENDS if engine.ROWS[b.split("/")[0]] == "parent"]
+
+
+@pytest.mark.parametrize("backend", DEVICE_PATHS)
+def test_activations_streamed_in_ranges_of_tokens_give_the_same_edges(backend: str) -> None:
+    """A device whose memory holds less than both saes: each block is handed over in ranges of
+    tokens (a token of its own where it alone is larger), and the sums add up across them."""
+    rng = np.random.default_rng(12)
+    parent = sparse_matrix(rng, 300, 25, 0.12)
+    child = sparse_matrix(rng, 300, 60, 0.06)
+    whole = run(parent, child, backend)
+    assert whole.n_ranges == 1
+    for memory, blocks in ((800, None), (80, None), (800, 2), (1, 3)):
+        streamed = run(parent, child, backend, activation_memory=memory, max_block_rows=blocks)
+        assert streamed.n_ranges > 1, memory
+        assert_matches_reference(parent, child, streamed)
+        assert streamed.n_coactivations == whole.n_coactivations
+        assert streamed.n_pairs == whole.n_pairs
+        got, want = as_dict(streamed.edges), as_dict(whole.edges)
+        assert got.keys() == want.keys()
+        for key, parts in got.items():
+            for name, value in parts.items():
+                assert value == pytest.approx(want[key][name], rel=1e-12), (key, name)
+
+
+def test_activations_stay_whole_on_the_device_while_they_fit() -> None:
+    rng = np.random.default_rng(13)
+    parent = layout.token_major(
+        chunks.DenseSource(torch.from_numpy(sparse_matrix(rng, 50, 5, 0.3)))
+    )
+    child = layout.token_major(chunks.DenseSource(torch.from_numpy(sparse_matrix(rng, 50, 9, 0.2))))
+    need = placement.resident_bytes(parent, child)
+    cpu = torch.device("cpu")
+    assert isinstance(placement.place(parent, child, cpu, None), placement.Resident)
+    assert isinstance(placement.place(parent, child, cpu, need), placement.Resident)
+    streamed = placement.place(parent, child, cpu, need - 1)
+    assert isinstance(streamed, placement.Streamed) and streamed.n_ranges == 1  # one range: kept
+    _coacts, parts = streamed.block(0, 5)
+    first = next(parts)
+    _coacts, parts = streamed.block(0, 5)
+    assert next(parts).c_indices is first.c_indices  # copied to the device once for every block
+
+
+@pytest.mark.parametrize("range_bytes", [1, 8, 64, 200, 10_000])
+def test_token_ranges_cover_every_token_once_within_their_bytes(range_bytes: int) -> None:
+    rng = np.random.default_rng(14)
+    per_token = rng.integers(0, 12, size=97)
+    indptr = np.concatenate([[0], np.cumsum(per_token)]).astype(np.int64)
+    ranges = placement.token_ranges(indptr, range_bytes)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 97
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    for t0, t1 in ranges:
+        assert t1 > t0
+        entry_bytes = 8 * int(indptr[t1] - indptr[t0])
+        assert t1 - t0 == 1 or (entry_bytes <= range_bytes and 16 * (t1 - t0) <= range_bytes)
+    assert placement.token_ranges(np.zeros(1, np.int64), 100) == [(0, 0)]
 
 
 def test_latent_statistics() -> None:

@@ -1,0 +1,166 @@
+"""Where a job's activations lie while the device paths score it: whole on the device, or
+streamed to it by ranges of tokens, so that a GPU scores token sets larger than its memory.
+
+Each block of parent latents is handed to a kernel as parts (`layout.DeviceBlock`): the block's
+entries over a range of tokens and the child's entries of the same tokens. The sums of a pair
+add up over tokens, so a kernel adds part after part into the block's dense rows and reads
+them once.
+
+- `Resident`: both saes on the device for the whole job, the parent made latent-major there by
+  one sort; a block is one part, sliced from them. The fastest, and what a job uses whenever it
+  fits: the child's entries, the parent's and the sort's temporaries (`resident_bytes`).
+- `Streamed`: each block gathered latent-major on the host (as the CPU kernel gathers its
+  blocks), the child cut into ranges of tokens of at most `range_bytes`; the device holds one
+  range of the child (kept across blocks when one range covers every token) and one block's
+  entries of that range. At 100M tokens and L0 64 each sae holds 6.4e9 entries (51 GB): more
+  than both fit on an 80 GB GPU beside a block's dense rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from service.compute import layout
+
+# Bytes of the device per entry: its latent index (or token) int32 and its value float32.
+_BYTES_PER_ENTRY = 8
+# Bytes per parent entry while it is made latent-major on the device (`layout.latent_major_on`):
+# the entry, its token, the sort's keys, order and temporaries, the gathered tokens and values.
+_BYTES_PER_SORTED_ENTRY = 40
+
+
+def resident_bytes(parent: layout.TokenMajor, child: layout.TokenMajor) -> int:
+    """Bytes of the device that `Resident` takes at its peak."""
+    n_tokens = parent.n_tokens + 1
+    return (
+        _BYTES_PER_ENTRY * len(child.indices)
+        + _BYTES_PER_SORTED_ENTRY * len(parent.indices)
+        + 16 * n_tokens  # both saes' token pointers (int64)
+    )
+
+
+class Resident:
+    """Both saes whole on the device; each block one part."""
+
+    def __init__(
+        self, parent: layout.TokenMajor, child: layout.TokenMajor, device: torch.device
+    ) -> None:
+        self.c_indptr, self.c_indices, self.c_values = layout.as_tensors(child, device)
+        self.per_token = self.c_indptr.diff()
+        self.p_indptr, self.p_tokens, self.p_values = layout.latent_major_on(parent, device)
+        self.n_ranges = 1
+
+    def block(self, lo: int, hi: int) -> tuple[int, Iterator[layout.DeviceBlock]]:
+        """The co-activations of parent latents [lo, hi) and the block as its parts."""
+        first, last = int(self.p_indptr[lo]), int(self.p_indptr[hi])
+        tokens = self.p_tokens[first:last]
+        coacts = int(self.per_token[tokens.long()].sum())
+        part = layout.DeviceBlock(
+            self.p_indptr[lo : hi + 1] - first,
+            tokens,
+            self.p_values[first:last],
+            self.c_indptr,
+            self.c_indices,
+            self.c_values,
+        )
+        return coacts, iter([part])
+
+
+class Streamed:
+    """Blocks gathered on the host, the child streamed in ranges of tokens."""
+
+    def __init__(
+        self,
+        parent: layout.TokenMajor,
+        child: layout.TokenMajor,
+        device: torch.device,
+        range_bytes: int,
+    ) -> None:
+        self.parent, self.child, self.device = parent, child, device
+        self.ranges = token_ranges(child.indptr, range_bytes)
+        self.n_ranges = len(self.ranges)
+        self._kept: tuple[torch.Tensor, ...] | None = None  # the child, when one range holds it
+
+    def block(self, lo: int, hi: int) -> tuple[int, Iterator[layout.DeviceBlock]]:
+        """The co-activations of parent latents [lo, hi) and the block as its parts (one per
+        range of tokens, copied to the device as the kernel asks for it)."""
+        block = layout.latent_major(self.parent, lo, hi)
+        coacts = int(layout.coactivations(block, self.child).sum())
+        return coacts, self._parts(block)
+
+    def _parts(self, block: layout.LatentMajor) -> Iterator[layout.DeviceBlock]:
+        n_rows = block.hi - block.lo
+        # Entries of row r and token t in order of r * T + t: each range's entries of a row
+        # are one stretch, found by binary search.
+        n_tokens = np.int64(self.child.n_tokens)
+        row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(block.indptr))
+        order = row * n_tokens + block.tokens
+        row_base = np.arange(n_rows, dtype=np.int64) * n_tokens
+        for t0, t1 in self.ranges:
+            starts = np.searchsorted(order, row_base + t0)
+            stops = np.searchsorted(order, row_base + t1)
+            picked = _stretches(starts, stops)
+            indptr = np.zeros(n_rows + 1, np.int64)
+            np.cumsum(stops - starts, out=indptr[1:])
+            yield layout.DeviceBlock(
+                layout.to_device(indptr, self.device),
+                layout.to_device((block.tokens[picked] - t0).astype(np.int32), self.device),
+                layout.to_device(block.values[picked], self.device),
+                *self._child(t0, t1),
+            )
+
+    def _child(self, t0: int, t1: int) -> tuple[torch.Tensor, ...]:
+        """The child's entries of tokens [t0, t1) on the device, tokens from t0."""
+        if self._kept is not None:
+            return self._kept
+        c = self.child
+        first, last = int(c.indptr[t0]), int(c.indptr[t1])
+        tensors = (
+            layout.to_device(c.indptr[t0 : t1 + 1] - first, self.device),
+            layout.to_device(c.indices[first:last], self.device),
+            layout.to_device(c.values[first:last], self.device),
+        )
+        if self.n_ranges == 1:
+            self._kept = tensors
+        return tensors
+
+
+def token_ranges(indptr: np.ndarray, range_bytes: int) -> list[tuple[int, int]]:
+    """Consecutive ranges of tokens, each holding at most `range_bytes` of entries and token
+    pointers (a token with more gets a range of its own)."""
+    n_tokens = len(indptr) - 1
+    max_entries = max(1, range_bytes // _BYTES_PER_ENTRY)
+    max_tokens = max(1, range_bytes // 16)  # its pointers: 8 bytes a token, with slack
+    ranges, t0 = [], 0
+    while t0 < n_tokens:
+        t1 = int(np.searchsorted(indptr, indptr[t0] + max_entries, side="right")) - 1
+        t1 = min(max(t1, t0 + 1), t0 + max_tokens, n_tokens)
+        ranges.append((t0, t1))
+        t0 = t1
+    return ranges or [(0, 0)]
+
+
+def _stretches(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """The positions [starts[i], stops[i]) of every i, concatenated."""
+    counts = stops - starts
+    total = int(counts.sum())
+    ends = np.cumsum(counts)
+    return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - counts), counts)
+
+
+def place(
+    parent: layout.TokenMajor,
+    child: layout.TokenMajor,
+    device: torch.device,
+    memory: int | None,
+) -> Resident | Streamed:
+    """The activations on `device` within `memory` bytes (None: no bound): whole where they
+    fit, else the child streamed in ranges of at most half of it (a block's entries are within
+    the engine's working budget; the rest is slack for the allocator's cache, as ranges and
+    blocks of different sizes come and go)."""
+    if memory is None or resident_bytes(parent, child) <= memory:
+        return Resident(parent, child, device)
+    return Streamed(parent, child, device, max(1, memory // 2))
