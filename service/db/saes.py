@@ -155,7 +155,7 @@ def add(
     planned = jobs.plan_for(conn, sae_id, job_params)
     # Its latents join the forest as roots; an sae inserted between two others also takes
     # the best parents of the next larger one (their old pair is no longer adjacent).
-    forest.update_from_sae(conn, sae_id)
+    forest.update_from_sae(conn, sae_id, new=True)
     return sae_id, planned
 
 
