@@ -29,8 +29,10 @@ def host_memory() -> int:
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Bytes free on a CUDA device, None on the CPU."""
+    """Bytes free on a CUDA device, with what this process's allocator holds unused (a worker's
+    earlier jobs leave their blocks cached); None on the CPU."""
     if device.type != "cuda":
         return None
     free, _total = torch.cuda.mem_get_info(device)
-    return int(free)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free + cached)
