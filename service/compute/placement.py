@@ -92,6 +92,11 @@ class Streamed:
         return coacts, self._parts(block)
 
     def _parts(self, block: layout.LatentMajor) -> Iterator[layout.DeviceBlock]:
+        if self.n_ranges == 1:  # the block whole
+            yield layout.DeviceBlock(
+                *layout.as_tensors(block, self.device), *self._child(*self.ranges[0])
+            )
+            return
         n_rows = block.hi - block.lo
         # Entries of row r and token t in order of r * T + t: each range's entries of a row
         # are one stretch, found by binary search.

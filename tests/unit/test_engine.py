@@ -136,9 +136,14 @@ def test_activations_streamed_in_ranges_of_tokens_give_the_same_edges(backend: s
     child = sparse_matrix(rng, 300, 60, 0.06)
     whole = run(parent, child, backend)
     assert whole.n_ranges == 1
-    for memory, blocks in ((800, None), (80, None), (800, 2), (1, 3)):
+    p_rows, c_rows = (
+        layout.token_major(chunks.DenseSource(torch.from_numpy(x))) for x in (parent, child)
+    )
+    just_under = placement.resident_bytes(p_rows, c_rows) - 1  # streamed, in one range
+    for memory, blocks in ((just_under, 2), (800, None), (80, None), (800, 2), (1, 3)):
         streamed = run(parent, child, backend, activation_memory=memory, max_block_rows=blocks)
-        assert streamed.n_ranges > 1, memory
+        assert (streamed.n_ranges > 1) == (memory != just_under), memory
+        assert "gather" in streamed.phases and "gather" not in whole.phases  # on the host
         assert_matches_reference(parent, child, streamed)
         assert streamed.n_coactivations == whole.n_coactivations
         assert streamed.n_pairs == whole.n_pairs
