@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -396,19 +396,7 @@ def _numba_blocks(w: Work) -> BlockResults:
         )
 
 
-class DeviceRows(Protocol):
-    """A block's dense rows on the device, as both GPU paths keep them (`torch_kernel.Rows`,
-    `gpu_kernel.Rows`): read back by the touched pairs (ordered by row, then child), or
-    whole."""
-
-    def block_sums(
-        self, parts: Iterable[layout.DeviceBlock], n_coactivations: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-
-    def dense_sums(self, parts: Iterable[layout.DeviceBlock]) -> torch.Tensor: ...
-
-
-def _device_blocks(w: Work, rows: DeviceRows) -> BlockResults:
+def _device_blocks(w: Work, rows: layout.DenseRows) -> BlockResults:
     """The torch and Triton paths: the activations placed on the device (`placement`: whole,
     or streamed in ranges of tokens where they do not fit), then each block's pairs summed,
     scored and filtered there: read whole where its co-activations are at least `DENSE_BLOCK`

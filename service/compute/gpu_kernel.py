@@ -123,9 +123,8 @@ if triton is not None:
                         tl.atomic_add(at + 3 * s_part, 1.0, mask=m, sem=SEM)
 
 
-class Rows:
-    """Dense sums (ab, aa, bb, n, float64) of a block's rows against every child latent on the
-    device, reused across blocks (read and reset by touched pairs, or whole)."""
+class Rows(layout.DenseRows):
+    """A block's dense rows, filled by the kernel."""
 
     def __init__(
         self, n_rows: int, d_child: int, device: torch.device, config: Config | None = None
@@ -144,9 +143,6 @@ class Rows:
     def block_sums(
         self, parts: Iterable[layout.DeviceBlock], n_coactivations: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(rows, children, sums [4, n] as ab, aa, bb, n) of the pairs a block's parts touched
-        (`n_coactivations` in all), ordered by row, then child; they are reset for the next
-        block."""
         self.counter.zero_()
         for i, part in enumerate(parts):
             capacity = min(n_coactivations, part.n_rows * self.d_child)
@@ -154,19 +150,7 @@ class Rows:
                 self.touched = torch.empty(capacity, dtype=torch.int64, device=self.sums.device)
             self._accumulate(part, True)
         # In key order: each row's pairs together (for its maxima), the gather in address order.
-        keys = self.touched[: int(self.counter.item())].sort().values
-        sums = self.sums[:, keys]
-        self.sums[:, keys] = 0
-        return keys // self.d_child, keys % self.d_child, sums
-
-    def dense_sums(self, parts: Iterable[layout.DeviceBlock]) -> Tensor:
-        """A block's sums over its parts as dense rows [4, rows, d_child] (ab, aa, bb, n; 0
-        where a pair never co-activates): a view that the caller zeroes once it has read it."""
-        n_rows = 0
-        for part in parts:
-            self._accumulate(part, False)
-            n_rows = part.n_rows
-        return self.sums[:, : n_rows * self.d_child].view(4, n_rows, self.d_child)
+        return self._take(self.touched[: int(self.counter.item())].sort().values)
 
     def _accumulate(self, block: layout.DeviceBlock, track: bool) -> None:
         if len(block.p_tokens) == 0:

@@ -13,7 +13,8 @@ The four sums of a pair (p, c), over the tokens where both are active, follow fr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import abc
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -65,6 +66,43 @@ class DeviceBlock:
     @property
     def n_rows(self) -> int:
         return len(self.p_indptr) - 1
+
+
+class DenseRows(abc.ABC):
+    """A block's dense sums on the device, as both device paths keep them (`torch_kernel.Rows`,
+    `gpu_kernel.Rows`): `sums` [4, rows x d_child] (ab, aa, bb, n; float64; part k of pair
+    row * d_child + child is sums[k, key]), allocated once for the widest block and reused;
+    a block's parts are added in by `_accumulate`, then read back whole or by the pairs it
+    touched."""
+
+    sums: torch.Tensor
+    d_child: int
+
+    @abc.abstractmethod
+    def _accumulate(self, part: DeviceBlock, track: bool) -> object:
+        """Add one part's co-activations (`track`: and note the pairs they touch)."""
+
+    @abc.abstractmethod
+    def block_sums(
+        self, parts: Iterable[DeviceBlock], n_coactivations: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, children, sums [4, n] as ab, aa, bb, n) of the pairs a block's parts touched
+        (`n_coactivations` in all), ordered by row, then child; reset for the next block."""
+
+    def dense_sums(self, parts: Iterable[DeviceBlock]) -> torch.Tensor:
+        """A block's sums over its parts as dense rows [4, rows, d_child] (0 where a pair
+        never co-activates): a view that the caller zeroes once it has read it."""
+        n_rows = 0
+        for part in parts:
+            self._accumulate(part, False)
+            n_rows = part.n_rows
+        return self.sums[:, : n_rows * self.d_child].view(4, n_rows, self.d_child)
+
+    def _take(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, children, sums) of the pairs `keys` (ascending), reset for the next block."""
+        sums = self.sums[:, keys]
+        self.sums[:, keys] = 0
+        return keys // self.d_child, keys % self.d_child, sums
 
 
 @runtime_checkable

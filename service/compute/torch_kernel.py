@@ -24,9 +24,8 @@ BYTES_PER_COACTIVATION = 64
 MAX_COACTIVATIONS = 1 << 22
 
 
-class Rows:
-    """Dense sums of a block's rows against every child latent, reused across blocks (the
-    same interface as `gpu_kernel.Rows`)."""
+class Rows(layout.DenseRows):
+    """A block's dense rows, filled by torch ops."""
 
     def __init__(
         self,
@@ -42,27 +41,13 @@ class Rows:
     def block_sums(
         self, parts: Iterable[layout.DeviceBlock], n_coactivations: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """(rows, children, sums [4, n] as ab, aa, bb, n) of the pairs a block's parts touched,
-        ordered by row, then child (`unique` sorts); the rows are left zeroed for the next
-        block."""
         keys = [key for part in parts for key in self._accumulate(part, True)]
         touched = (
             torch.unique(torch.cat(keys))
             if keys
             else torch.zeros(0, dtype=torch.long, device=self.sums.device)
         )
-        sums = self.sums[:, touched]
-        self.sums[:, touched] = 0
-        return touched // self.d_child, touched % self.d_child, sums
-
-    def dense_sums(self, parts: Iterable[layout.DeviceBlock]) -> Tensor:
-        """A block's sums over its parts as dense rows [4, rows, d_child] (0 where a pair
-        never co-activates): a view that the caller zeroes once it has read it."""
-        n_rows = 0
-        for part in parts:
-            self._accumulate(part, False)
-            n_rows = part.n_rows
-        return self.sums[:, : n_rows * self.d_child].view(4, n_rows, self.d_child)
+        return self._take(touched)  # `unique` sorts
 
     def _accumulate(self, block: layout.DeviceBlock, track: bool) -> list[Tensor]:
         """Add the block's co-activations, in batches; each batch's distinct keys if `track`."""
