@@ -403,9 +403,8 @@ def _device_blocks(w: Work, rows: layout.DenseRows) -> BlockResults:
     of its pairs, else by the list of the pairs it touched (unless `w.read` says which)."""
     with w.clock.phase("to device"):
         memory = w.activation_memory
-        free = device_.free_memory(w.dev)
-        if memory is None and free is not None:  # what the working budget leaves, with slack
-            memory = max(0, int(free * 0.9) - w.budget // 2)
+        if memory is None:
+            memory = placement.available(w.dev, w.budget)
         acts = placement.place(w.parent, w.child, w.dev, memory)
         p_stats, c_stats = (_on(w.parent_stats, w.dev), _on(w.child_stats, w.dev))
     # Each child's best scores over the blocks so far: its candidates' threshold.

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from service.compute import device as device_
 from service.compute import layout
 
 # Bytes of the device per entry: its latent index (or token) int32 and its value float32.
@@ -154,6 +155,13 @@ def _stretches(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     total = int(counts.sum())
     ends = np.cumsum(counts)
     return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - counts), counts)
+
+
+def available(device: torch.device, budget: int) -> int | None:
+    """Bytes of `device` the activations may take by default: what the engine's working budget
+    leaves of what is free, with slack (None on the CPU: no bound)."""
+    free = device_.free_memory(device)
+    return None if free is None else max(0, int(free * 0.9) - budget // 2)
 
 
 def place(
