@@ -366,11 +366,16 @@ def _kind(method: str) -> str:
 # before its atomics, by a sort and a segmented scan, was 1.1-2.4x slower on an H200:
 # bench/results/2026-11-26-h200-379df4d-tune.log.)
 TUNE: list[dict[str, object]] = [
-    {"interleaved": True, "num_warps": 2, "entries": 8},
+    {},  # the default (`gpu_kernel.Config`)
+    # Programs running together on one parent's row contend for its hottest children's sums
+    # (the same addresses); spread over more rows, on fewer, or on one row at a time.
+    {"spread": 4},
+    {"spread": 64},
+    {"spread": 256},
+    {"spread": 1},
     {"sem": "acq_rel"},  # Triton's default memory order for atomics (the kernel's before)
-    {"interleaved": False, "num_warps": 2, "entries": 8},
-    {"interleaved": True, "num_warps": 4, "entries": 32},
-    {"interleaved": True, "num_warps": 2, "entries": 2},
+    {"interleaved": False},
+    {"num_warps": 4, "entries": 32},
 ]
 
 
@@ -392,7 +397,7 @@ def tune(
     rows: list[dict] = []
     try:
         for variant in TUNE:
-            label = ", ".join(f"{k} {v}" for k, v in variant.items())
+            label = ", ".join(f"{k} {v}" for k, v in variant.items()) or "default"
             gpu_kernel.DEFAULT = gpu_kernel.Config(**variant)  # type: ignore[arg-type]
             try:
                 run_engine(*small, small_st, "triton", dev)  # compile this variant first

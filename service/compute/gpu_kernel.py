@@ -57,6 +57,10 @@ class Config:
     num_warps: int = 2
     interleaved: bool = True
     sem: str = "relaxed"  # the atomics' memory order ("acq_rel": Triton's default)
+    # Programs running together take entries from this many places along the block's
+    # latent-major entries, so from as many parents' rows: programs in launch order, each
+    # `spread`-th one from the same stretch (1: all from one stretch, one row at a time).
+    spread: int = 16
 
 
 DEFAULT = Config()
@@ -90,8 +94,12 @@ if triton is not None:
         ENTRIES: tl.constexpr,
         TRACK: tl.constexpr,
         SEM: tl.constexpr,
+        SPREAD: tl.constexpr,
     ):
         pid = tl.program_id(0)
+        if SPREAD > 1:  # program pid takes the (pid // SPREAD)-th entries of stretch pid % SPREAD
+            stretch = tl.cdiv(tl.cdiv(n_entries, ENTRIES), SPREAD)
+            pid = (pid % SPREAD) * stretch + pid // SPREAD
         lanes = tl.arange(0, BLOCK_C)
         for i in range(ENTRIES):
             j = pid * ENTRIES + i
@@ -156,7 +164,9 @@ class Rows(layout.DenseRows):
         if len(block.p_tokens) == 0:
             return
         args, constants = self._arguments(block, track)
-        grid = (triton.cdiv(len(block.p_tokens), self.config.entries),)
+        programs = triton.cdiv(len(block.p_tokens), self.config.entries)
+        spread = self.config.spread
+        grid = (triton.cdiv(programs, spread) * spread,)  # every stretch as long
         _accumulate[grid](*args, **constants, num_warps=self.config.num_warps)
 
     def _arguments(
@@ -185,7 +195,13 @@ class Rows(layout.DenseRows):
             self.d_child,
         ]
         cfg = self.config
-        constants = {"BLOCK_C": cfg.block_c, "ENTRIES": cfg.entries, "TRACK": track, "SEM": cfg.sem}
+        constants = {
+            "BLOCK_C": cfg.block_c,
+            "ENTRIES": cfg.entries,
+            "TRACK": track,
+            "SEM": cfg.sem,
+            "SPREAD": cfg.spread,
+        }
         return args, constants
 
 

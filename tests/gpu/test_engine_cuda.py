@@ -95,6 +95,8 @@ def test_auto_on_cuda_is_the_triton_kernel() -> None:
         {"interleaved": False},
         {"entries": 2, "block_c": 16, "num_warps": 1},
         {"sem": "acq_rel"},
+        {"spread": 1},
+        {"spread": 7, "entries": 3},
     ],
 )
 def test_kernel_variants_match_cpu(config: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -124,6 +124,30 @@ def test_blocks_of_every_size_give_the_same_edges(backend: str) -> None:
                 assert value == pytest.approx(want[key][name], rel=1e-12), (key, name)
 
 
+@pytest.mark.parametrize("read", ["whole", "listed"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"spread": 1},
+        {"spread": 3, "entries": 2},  # stretches of unequal use: the last ends past the entries
+        {"spread": 64, "entries": 1, "block_c": 4},  # more stretches than programs
+        {"interleaved": False, "spread": 5},
+    ],
+)
+def test_kernel_launch_variants_match_reference(
+    config: dict, read: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.compute import gpu_kernel
+
+    monkeypatch.setattr(gpu_kernel, "DEFAULT", gpu_kernel.Config(**config))
+    rng = np.random.default_rng(12)
+    parent = sparse_matrix(rng, 300, 10, 0.15)
+    child = sparse_matrix(rng, 300, 30, 0.08)
+    result = run(parent, child, f"triton/{read}")
+    assert result.n_coactivations == int(((parent > 0).astype(int).T @ (child > 0)).sum())
+    assert_matches_reference(parent, child, result)
+
+
 DEVICE_PATHS = [b for b in BACKENDS if engine.ROWS[b.split("/")[0]] == "parent"]
 
 
