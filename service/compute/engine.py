@@ -51,14 +51,14 @@ _BYTES_PER_ROW_PAIR = 32
 # float64 arrays of [rows, d_child]: the parts, the ranks, the masks).
 _BYTES_PER_DENSE_PAIR = 96
 # A block is read whole (`scores.dense_candidates`) where its co-activations are at least this
-# fraction of its pairs (rows x d_child), else by the pairs it touched. On this project's CPU
+# many times its pairs (rows x d_child), else by the pairs it touched. On this project's CPU
 # (torch path) reading a block whole costs ~35 ns a pair, listing it ~35 ns a touched one
 # (4k -> 16k, 50k tokens, co-activations 1.6x the pairs: whole 9.5-10.6 s, listed 13.9-14.7 s;
-# 16k -> 65k, 30k tokens, blocks of 64 rows, 0.11x: whole 40.5 s, listed 7.8 s). On a GPU,
-# reading a pair whole is ~200 bytes of memory traffic (~0.07 ns on an H100), while listing one
-# was measured at ~1.6 ns a touched pair on an H200 (per-group maxima by atomics, contended
-# where a row's pairs lie together): 1/16 is an estimate until `make bench-gpu` measures both.
-DENSE_BLOCK = {"cpu": 1.0, "cuda": 1 / 16}
+# 16k -> 65k, 30k tokens, blocks of 64 rows, 0.11x: whole 40.5 s, listed 7.8 s). On an H100,
+# ~0.36 ns a pair whole against ~1.25 ns a touched pair listed (make bench-gpu, 2026-11-26):
+# 64k -> 256k at 1M tokens, 0.14x: whole 8.75 s, listed 2.26 s; 16k -> 65k at 1M, 2.1x:
+# 0.68 s, 0.60 s; at 10M, 21x: 2.42 s, 2.78 s (bench/results/2026-11-26-h100-*.log).
+DENSE_BLOCK = {"cpu": 1.0, "cuda": 4.0}
 
 
 @dataclass(frozen=True)
