@@ -17,11 +17,17 @@ per co-activation and nothing else (`python -m service.compute.gpu_kernel` print
 any machine; tests/unit/test_gpu_assembly.py checks it). `Config.sem` keeps acquire-release
 for a comparison in the same run.
 
-Ceilings, for 16k -> 65k at 10M tokens, L0 64 (2.3e10 co-activations) on one H100: operations:
-4 atomic adds per co-activation, ~9e10 atomics; H100 global atomics run at roughly 1-2e11/s
-when they hit L2, so ~0.5-1 s; bytes: 8 B of child entry read per co-activation (~180 GB,
-~0.06 s at 3.3 TB/s) plus the atomics' L2 traffic. Measured on an H200 (acquire-release, with
-the touched list): 3.8 s, 2.4e10 atomics/s (README); relaxed and whole: not yet measured.
+The programs running together (~4,000 on an H100) would, in launch order, take consecutive
+entries of the block's latent-major parent: all of one parent's, so every atomic in flight
+would go to one row, and the hottest children of that row (in nearly every token) would be the
+same few addresses for all of them. `Config.spread` interleaves stretches of the entries, so
+that they add into as many rows at once.
+
+Ceilings, for 16k -> 65k at 10M tokens, L0 64 (2.3e10 co-activations) on one H100: 4 atomic
+adds per co-activation, ~9e10 atomics, ~1 s at the ~1e11/s of L2 atomics on distinct
+addresses; 8 B of child entry read per co-activation (~180 GB, ~0.06 s). Measured (make
+bench-gpu, 2026-11-26): sums 3.62 s with the programs on one row, 1.45 s spread over 16
+(1.56e10 co-activations/s); acquire-release atomics 1.1-1.3x slower than relaxed.
 
 Under TRITON_INTERPRET=1 (set before this module is imported) the same kernel runs on CPU
 tensors: that is how CI tests it against the float64 reference.
