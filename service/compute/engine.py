@@ -419,33 +419,36 @@ def _device_blocks(w: Work, rows: layout.DenseRows) -> BlockResults:
         fraction = DENSE_BLOCK.get(w.dev.type, DENSE_BLOCK["cuda"])  # any accelerator as a GPU
     else:
         fraction = 0.0 if w.read == "whole" else float("inf")
-    for lo, hi in w.blocks:
-        with w.clock.phase("gather" if isinstance(acts, placement.Streamed) else "sums"):
-            coacts, parts = acts.block(lo, hi)
-        with w.clock.phase("sums"):  # streamed: with the parts' copies to the device
-            dense = coacts >= fraction * (hi - lo) * w.child.d_sae
+    # Closed on any exit: a streamed block being gathered ahead is waited for, its thread ended.
+    with contextlib.closing(acts.blocks(w.blocks)) as blocks:
+        for lo, hi in w.blocks:
+            # Streamed: the wait for the block's gathering on the host, ahead of the device's work.
+            with w.clock.phase("gather" if isinstance(acts, placement.Streamed) else "sums"):
+                coacts, parts = next(blocks)
+            with w.clock.phase("sums"):  # streamed: with the parts' copies to the device
+                dense = coacts >= fraction * (hi - lo) * w.child.d_sae
+                if dense:
+                    sums = rows.dense_sums(parts)
+                else:
+                    r, c, sums = rows.block_sums(parts, coacts)
+            # Phases synchronised on a GPU, so that a block's fixed costs show where they lie:
+            # scoring the pairs, choosing the candidates, copying them to the host.
             if dense:
-                sums = rows.dense_sums(parts)
+                with w.clock.phase("candidates"):
+                    cands = scores_.dense_candidates(
+                        sums, lo, p_stats, c_stats, w.params, child_best, chunk_rows
+                    )
+                    n_pairs = int(torch.count_nonzero(sums[3]))
+                    sums.zero_()  # the rows are reused by the next block
             else:
-                r, c, sums = rows.block_sums(parts, coacts)
-        # Phases synchronised on a GPU, so that a block's fixed costs show where they lie:
-        # scoring the pairs, choosing the candidates, copying them to the host.
-        if dense:
-            with w.clock.phase("candidates"):
-                cands = scores_.dense_candidates(
-                    sums, lo, p_stats, c_stats, w.params, child_best, chunk_rows
-                )
-                n_pairs = int(torch.count_nonzero(sums[3]))
-                sums.zero_()  # the rows are reused by the next block
-        else:
-            with w.clock.phase("score"):
-                scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
-            with w.clock.phase("candidates"):
-                cands = scores_.candidates(scored, w.params, child_best, parents_grouped=True)
-                n_pairs = len(scored)
-        with w.clock.phase("to host"):
-            cands = cands.cpu()
-        yield BlockResult(cands, None, None, coacts, n_pairs, len(cands), acts.n_ranges)
+                with w.clock.phase("score"):
+                    scored = scores_.Edges.from_sums(r + lo, c, sums, p_stats, c_stats)
+                with w.clock.phase("candidates"):
+                    cands = scores_.candidates(scored, w.params, child_best, parents_grouped=True)
+                    n_pairs = len(scored)
+            with w.clock.phase("to host"):
+                cands = cands.cpu()
+            yield BlockResult(cands, None, None, coacts, n_pairs, len(cands), acts.n_ranges)
 
 
 def _on(s: stats_.LatentStats, dev: torch.device) -> stats_.LatentStats:

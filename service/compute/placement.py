@@ -10,15 +10,17 @@ them once.
   one sort; a block is one part, sliced from them. The fastest, and what a job uses whenever it
   fits: the child's entries, the parent's and the sort's temporaries (`resident_bytes`).
 - `Streamed`: each block gathered latent-major on the host (as the CPU kernel gathers its
-  blocks), the child cut into ranges of tokens of at most `range_bytes`; the device holds one
-  range of the child (kept across blocks when one range covers every token) and one block's
-  entries of that range. At 100M tokens and L0 64 each sae holds 6.4e9 entries (51 GB): more
-  than both fit on an 80 GB GPU beside a block's dense rows.
+  blocks), the next one in a thread of its own while the device works on this one; the child
+  cut into ranges of tokens of at most `range_bytes`; the device holds one range of the child
+  (kept across blocks when one range covers every token) and one block's entries of that
+  range. At 100M tokens and L0 64 each sae holds 6.4e9 entries (51 GB): more than both fit on
+  an 80 GB GPU beside a block's dense rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -43,6 +45,10 @@ def resident_bytes(parent: layout.TokenMajor, child: layout.TokenMajor) -> int:
     )
 
 
+# A block's co-activations and the block as its parts.
+Block = tuple[int, Iterator[layout.DeviceBlock]]
+
+
 class Resident:
     """Both saes whole on the device; each block one part."""
 
@@ -54,7 +60,12 @@ class Resident:
         self.p_indptr, self.p_tokens, self.p_values = layout.latent_major_on(parent, device)
         self.n_ranges = 1
 
-    def block(self, lo: int, hi: int) -> tuple[int, Iterator[layout.DeviceBlock]]:
+    def blocks(self, plan: Sequence[tuple[int, int]]) -> Generator[Block, None, None]:
+        """Each block of `plan` in turn (`block`)."""
+        for lo, hi in plan:
+            yield self.block(lo, hi)
+
+    def block(self, lo: int, hi: int) -> Block:
         """The co-activations of parent latents [lo, hi) and the block as its parts."""
         first, last = int(self.p_indptr[lo]), int(self.p_indptr[hi])
         tokens = self.p_tokens[first:last]
@@ -85,12 +96,28 @@ class Streamed:
         self.n_ranges = len(self.ranges)
         self._kept: tuple[torch.Tensor, ...] | None = None  # the child, when one range holds it
 
-    def block(self, lo: int, hi: int) -> tuple[int, Iterator[layout.DeviceBlock]]:
+    def blocks(self, plan: Sequence[tuple[int, int]]) -> Generator[Block, None, None]:
+        """Each block of `plan` in turn (`block`), the next one gathered on the host while the
+        caller works on this one: two blocks' entries on the host at most (a block's are within
+        a quarter of the engine's working budget). Only the gathering thread runs compiled
+        parallel code meanwhile (numba's default thread pool takes one caller at a time)."""
+        with ThreadPoolExecutor(1, thread_name_prefix="gather") as pool:
+            ahead: Future[tuple[int, layout.LatentMajor]] | None = None
+            for i, (lo, hi) in enumerate(plan):
+                coacts, block = ahead.result() if ahead is not None else self._gather(lo, hi)
+                ahead = pool.submit(self._gather, *plan[i + 1]) if i + 1 < len(plan) else None
+                yield coacts, self._parts(block)
+
+    def block(self, lo: int, hi: int) -> Block:
         """The co-activations of parent latents [lo, hi) and the block as its parts (one per
         range of tokens, copied to the device as the kernel asks for it)."""
-        block = layout.latent_major(self.parent, lo, hi)
-        coacts = int(layout.coactivations(block, self.child).sum())
+        coacts, block = self._gather(lo, hi)
         return coacts, self._parts(block)
+
+    def _gather(self, lo: int, hi: int) -> tuple[int, layout.LatentMajor]:
+        """Parent latents [lo, hi) latent-major on the host, and their co-activations."""
+        block = layout.latent_major(self.parent, lo, hi)
+        return int(layout.coactivations(block, self.child).sum()), block
 
     def _parts(self, block: layout.LatentMajor) -> Iterator[layout.DeviceBlock]:
         if self.n_ranges == 1:  # the block whole

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -194,6 +197,49 @@ def test_activations_stay_whole_on_the_device_while_they_fit() -> None:
     first = next(parts)
     _coacts, parts = streamed.block(0, 5)
     assert next(parts).c_indices is first.c_indices  # copied to the device once for every block
+
+
+@pytest.mark.parametrize("memory", [None, 200])  # one range of tokens, or several
+def test_streamed_blocks_are_gathered_one_ahead_in_a_thread_of_their_own(
+    memory: int | None,
+) -> None:
+    """While the caller works on a block, the next is gathered on the host (`Streamed.blocks`):
+    the same blocks as one at a time, the first in the caller's thread, the rest in the
+    gathering thread, each asked for before the caller has finished the one before."""
+    rng = np.random.default_rng(14)
+    parent, child = (
+        layout.token_major(chunks.DenseSource(torch.from_numpy(sparse_matrix(rng, 80, d, 0.2))))
+        for d in (7, 11)
+    )
+    cpu = torch.device("cpu")
+    memory = memory or placement.resident_bytes(parent, child) - 1
+    streamed = placement.place(parent, child, cpu, memory)
+    alone = placement.place(parent, child, cpu, memory)
+    assert isinstance(streamed, placement.Streamed)
+    plan = [(0, 2), (2, 3), (3, 7)]
+    asked: list[tuple[int, str]] = []
+    gather = streamed._gather
+
+    def recorded(lo: int, hi: int) -> tuple[int, layout.LatentMajor]:
+        asked.append((lo, threading.current_thread().name))
+        return gather(lo, hi)
+
+    streamed._gather = recorded  # type: ignore[method-assign]
+    main = threading.current_thread().name
+    with contextlib.closing(streamed.blocks(plan)) as blocks:
+        for i, (lo, hi) in enumerate(plan):
+            coacts, parts = next(blocks)
+            # The next block is asked for before the caller asks for it (within 10 s).
+            deadline = time.monotonic() + 10
+            while len(asked) < min(i + 2, len(plan)) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert [lo for lo, _ in asked] == [lo for lo, _ in plan[: i + 2]]
+            want_coacts, want_parts = alone.block(lo, hi)
+            assert coacts == want_coacts
+            for got, want in itertools.zip_longest(parts, want_parts):
+                for name in ("p_indptr", "p_tokens", "p_values", "c_indptr", "c_indices"):
+                    assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert asked[0][1] == main and all(name.startswith("gather") for _, name in asked[1:])
 
 
 @pytest.mark.parametrize("range_bytes", [1, 8, 64, 200, 10_000])
