@@ -173,6 +173,13 @@ def token_major(source: chunks_.ChunkSource, chunk_tokens: int = 1 << 16) -> Tok
     )
 
 
+def token_slice(rows: TokenMajor, t0: int, t1: int) -> TokenMajor:
+    """Tokens [t0, t1) of `rows` without a copy, numbered from t0: their pointers still index
+    the whole arrays of entries (what `latent_major` and `coactivations` read; not for
+    `as_tensors`, which copies the arrays as they are)."""
+    return TokenMajor(rows.indptr[t0 : t1 + 1], rows.indices, rows.values, rows.d_sae)
+
+
 def latent_major(rows: TokenMajor, lo: int, hi: int) -> LatentMajor:
     """The entries of latents [lo, hi), latent-major, tokens ascending within each latent.
 

@@ -102,48 +102,32 @@ class Streamed:
         a quarter of the engine's working budget). Only the gathering thread runs compiled
         parallel code meanwhile (numba's default thread pool takes one caller at a time)."""
         with ThreadPoolExecutor(1, thread_name_prefix="gather") as pool:
-            ahead: Future[tuple[int, layout.LatentMajor]] | None = None
+            ahead: Future[tuple[int, list[layout.LatentMajor]]] | None = None
             for i, (lo, hi) in enumerate(plan):
-                coacts, block = ahead.result() if ahead is not None else self._gather(lo, hi)
+                coacts, parts = ahead.result() if ahead is not None else self._gather(lo, hi)
                 ahead = pool.submit(self._gather, *plan[i + 1]) if i + 1 < len(plan) else None
-                yield coacts, self._parts(block)
+                yield coacts, self._on_device(parts)
 
     def block(self, lo: int, hi: int) -> Block:
         """The co-activations of parent latents [lo, hi) and the block as its parts (one per
         range of tokens, copied to the device as the kernel asks for it)."""
-        coacts, block = self._gather(lo, hi)
-        return coacts, self._parts(block)
+        coacts, parts = self._gather(lo, hi)
+        return coacts, self._on_device(parts)
 
-    def _gather(self, lo: int, hi: int) -> tuple[int, layout.LatentMajor]:
-        """Parent latents [lo, hi) latent-major on the host, and their co-activations."""
-        block = layout.latent_major(self.parent, lo, hi)
-        return int(layout.coactivations(block, self.child).sum()), block
-
-    def _parts(self, block: layout.LatentMajor) -> Iterator[layout.DeviceBlock]:
-        if self.n_ranges == 1:  # the block whole
-            yield layout.DeviceBlock(
-                *layout.as_tensors(block, self.device), *self._child(*self.ranges[0])
-            )
-            return
-        n_rows = block.hi - block.lo
-        # Entries of row r and token t in order of r * T + t: each range's entries of a row
-        # are one stretch, found by binary search.
-        n_tokens = np.int64(self.child.n_tokens)
-        row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(block.indptr))
-        order = row * n_tokens + block.tokens
-        row_base = np.arange(n_rows, dtype=np.int64) * n_tokens
+    def _gather(self, lo: int, hi: int) -> tuple[int, list[layout.LatentMajor]]:
+        """Parent latents [lo, hi) latent-major on the host, one part per range of tokens (each
+        gathered from its own tokens: one pass over the block's entries in all), and their
+        co-activations."""
+        parts, coacts = [], 0
         for t0, t1 in self.ranges:
-            starts = np.searchsorted(order, row_base + t0)
-            stops = np.searchsorted(order, row_base + t1)
-            picked = _stretches(starts, stops)
-            indptr = np.zeros(n_rows + 1, np.int64)
-            np.cumsum(stops - starts, out=indptr[1:])
-            yield layout.DeviceBlock(
-                layout.to_device(indptr, self.device),
-                layout.to_device((block.tokens[picked] - t0).astype(np.int32), self.device),
-                layout.to_device(block.values[picked], self.device),
-                *self._child(t0, t1),
-            )
+            part = layout.latent_major(layout.token_slice(self.parent, t0, t1), lo, hi)
+            coacts += int(layout.coactivations(part, layout.token_slice(self.child, t0, t1)).sum())
+            parts.append(part)
+        return coacts, parts
+
+    def _on_device(self, parts: list[layout.LatentMajor]) -> Iterator[layout.DeviceBlock]:
+        for part, (t0, t1) in zip(parts, self.ranges, strict=True):
+            yield layout.DeviceBlock(*layout.as_tensors(part, self.device), *self._child(t0, t1))
 
     def _child(self, t0: int, t1: int) -> tuple[torch.Tensor, ...]:
         """The child's entries of tokens [t0, t1) on the device, tokens from t0."""
@@ -174,14 +158,6 @@ def token_ranges(indptr: np.ndarray, range_bytes: int) -> list[tuple[int, int]]:
         ranges.append((t0, t1))
         t0 = t1
     return ranges or [(0, 0)]
-
-
-def _stretches(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """The positions [starts[i], stops[i]) of every i, concatenated."""
-    counts = stops - starts
-    total = int(counts.sum())
-    ends = np.cumsum(counts)
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - (ends - counts), counts)
 
 
 def available(device: torch.device, budget: int) -> int | None:
