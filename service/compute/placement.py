@@ -116,8 +116,8 @@ class Streamed:
 
     def _gather(self, lo: int, hi: int) -> tuple[int, list[layout.LatentMajor]]:
         """Parent latents [lo, hi) latent-major on the host, one part per range of tokens (each
-        gathered from its own tokens: one pass over the block's entries in all), and their
-        co-activations."""
+        gathered from its own tokens: one pass over the parent's entries in all, as for the
+        block whole), and their co-activations."""
         parts, coacts = [], 0
         for t0, t1 in self.ranges:
             part = layout.latent_major(layout.token_slice(self.parent, t0, t1), lo, hi)
