@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from service.compute import chunks, engine, layout
-from tests.unit.test_engine import as_dict, assert_matches_reference, sparse_matrix
+from tests.unit.test_engine import assert_matches_reference, assert_same_edges, sparse_matrix
 
 pytestmark = pytest.mark.gpu
-
-
-def _close(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for key in got:
-        for name in got[key]:
-            assert got[key][name] == pytest.approx(want[key][name], rel=1e-6, abs=1e-9)
 
 
 def _against_cpu(
@@ -46,7 +39,7 @@ def _against_cpu(
         activation_memory=activation_memory,
     )
     assert gpu.backend == backend
-    _close(as_dict(gpu.edges), as_dict(cpu.edges))
+    assert_same_edges(gpu.edges, cpu.edges, rel=1e-6, abs=1e-9)
     assert gpu.n_coactivations == cpu.n_coactivations
     assert_matches_reference(parent, child, gpu)
     return gpu

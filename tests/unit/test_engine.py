@@ -59,6 +59,17 @@ def as_dict(edges: scores.Edges) -> dict[tuple[int, int], dict[str, float]]:
     return out
 
 
+def assert_same_edges(
+    got: scores.Edges, want: scores.Edges, rel: float = 1e-12, abs: float = 0.0
+) -> None:
+    """The same pairs, each part within `rel` (or `abs`) of the other's."""
+    a, b = as_dict(got), as_dict(want)
+    assert a.keys() == b.keys()
+    for key, parts in a.items():
+        for name, value in parts.items():
+            assert value == pytest.approx(b[key][name], rel=rel, abs=abs), (key, name)
+
+
 def qualifying(
     result: engine.PairResult, threshold: float = 0.6, min_active: int = 10
 ) -> torch.Tensor:
@@ -120,11 +131,7 @@ def test_blocks_of_every_size_give_the_same_edges(backend: str) -> None:
         blocked = run(parent, child, backend, max_block_entries=entries, max_block_rows=rows)
         assert len(blocked.blocks) > 1
         assert_matches_reference(parent, child, blocked)
-        got, want = as_dict(blocked.edges), as_dict(whole.edges)
-        assert got.keys() == want.keys()
-        for key, parts in got.items():
-            for name, value in parts.items():
-                assert value == pytest.approx(want[key][name], rel=1e-12), (key, name)
+        assert_same_edges(blocked.edges, whole.edges)
 
 
 @pytest.mark.parametrize("read", ["whole", "listed"])
@@ -174,11 +181,7 @@ def test_activations_streamed_in_ranges_of_tokens_give_the_same_edges(backend: s
         assert_matches_reference(parent, child, streamed)
         assert streamed.n_coactivations == whole.n_coactivations
         assert streamed.n_pairs == whole.n_pairs
-        got, want = as_dict(streamed.edges), as_dict(whole.edges)
-        assert got.keys() == want.keys()
-        for key, parts in got.items():
-            for name, value in parts.items():
-                assert value == pytest.approx(want[key][name], rel=1e-12), (key, name)
+        assert_same_edges(streamed.edges, whole.edges)
 
 
 def test_activations_stay_whole_on_the_device_while_they_fit() -> None:
