@@ -50,6 +50,25 @@ class Case:
         return f"{_k(self.d_parent)} -> {_k(self.d_child)}, {self.n_tokens:,} tokens, L0 {self.l0}"
 
 
+def add_case_arguments(
+    parser: argparse.ArgumentParser,
+    parent: int = 16384,
+    child: int = 65536,
+    tokens: int = 1_000_000,
+    l0: int = 64,
+) -> None:
+    """--parent, --child, --tokens and --l0: one case, for the benchmarks that take one."""
+    parser.add_argument("--parent", type=int, default=parent, help="d_sae of the parent")
+    parser.add_argument("--child", type=int, default=child, help="d_sae of the child")
+    parser.add_argument("--tokens", type=int, default=tokens)
+    parser.add_argument("--l0", type=int, default=l0)
+
+
+def case_of(args: argparse.Namespace) -> Case:
+    """The case that `add_case_arguments`' options name."""
+    return Case(args.parent, args.child, args.tokens, args.l0)
+
+
 def _k(d: int) -> str:
     return f"{d // 1024}k" if d >= 1024 else str(d)
 

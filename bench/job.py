@@ -39,12 +39,9 @@ def write(source: object, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parent", type=int, default=16384)
-    parser.add_argument("--child", type=int, default=65536)
-    parser.add_argument("--tokens", type=int, default=1_000_000)
-    parser.add_argument("--l0", type=int, default=64)
+    bench_engine.add_case_arguments(parser)
     args = parser.parse_args()
-    case = bench_engine.Case(args.parent, args.child, args.tokens, args.l0)
+    case = bench_engine.case_of(args)
     work = Path(tempfile.mkdtemp(prefix="lt-job-", dir="/tmp"))
     try:
         parent, child = bench_engine.synthetic(case)

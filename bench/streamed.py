@@ -2,7 +2,8 @@
 and handed over in its ranges of tokens, with the device the CPU (its copies are views), so that
 what is timed is the gathering and splitting alone.
 
-    python -m bench.streamed [--tokens 2000000]   # 4k -> 16k, L0 64, four blocks
+    python -m bench.streamed   # 4k -> 16k, 2M tokens, L0 64 (--parent, --child, --tokens, --l0),
+                               # four blocks
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import time
 
 import torch
 
-from bench.engine import Case, synthetic
+from bench.engine import add_case_arguments, case_of, synthetic
 from service.compute import layout, placement
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=2_000_000)
+    add_case_arguments(parser, parent=4096, child=16384, tokens=2_000_000)
     args = parser.parse_args()
-    case = Case(4096, 16384, args.tokens, 64)
+    case = case_of(args)
     parent, child = (layout.token_major(s) for s in synthetic(case))
     quarter = case.d_parent // 4
     plan = [(lo, lo + quarter) for lo in range(0, case.d_parent, quarter)]
