@@ -172,8 +172,7 @@ def run_engine(
     The activations are handed over as a job reads them from the store: token-major, every
     entry known to be active (checked here, untimed, as ingest checks it)."""
     parent_rows, child_rows = (layout.Laid(layout.token_major(s)) for s in (parent, child))
-    backend, _, gib = backend.partition("@")
-    kind, _, read = backend.partition("/")
+    kind, read, gib = _parts(backend)
     result = engine.score_pair(
         parent_rows,
         child_rows,
@@ -383,9 +382,16 @@ def measure(case: Case, dev: torch.device, methods: list[str], baseline_tokens: 
     return rows
 
 
+def _parts(method: str) -> tuple[str, str, str]:
+    """A method such as "triton/listed@8" as its backend, read and GiB ("" where not given)."""
+    rest, _, gib = method.partition("@")
+    kind, _, read = rest.partition("/")
+    return kind, read, gib
+
+
 def _kind(method: str) -> str:
     """The engine's backend in a method such as "triton/listed@8"."""
-    return method.partition("@")[0].partition("/")[0]
+    return _parts(method)[0]
 
 
 # Launch variants of the GPU kernel (method `tune`), each timed after a compile on small data and

@@ -159,9 +159,10 @@ class Rows(layout.DenseRows):
     ) -> tuple[Tensor, Tensor, Tensor]:
         self.counter.zero_()
         for i, part in enumerate(parts):
-            capacity = min(n_coactivations, part.n_rows * self.d_child)
-            if i == 0 and capacity > len(self.touched):  # parts share the rows: sized once
-                self.touched = torch.empty(capacity, dtype=torch.int64, device=self.sums.device)
+            if i == 0:  # the parts share the rows: the list sized once, for all of them
+                capacity = min(n_coactivations, part.n_rows * self.d_child)
+                if capacity > len(self.touched):
+                    self.touched = torch.empty(capacity, dtype=torch.int64, device=self.sums.device)
             self._accumulate(part, True)
         # In key order: each row's pairs together (for its maxima), the gather in address order.
         return self._take(self.touched[: int(self.counter.item())].sort().values)

@@ -61,24 +61,21 @@ class Resident:
         self.n_ranges = 1
 
     def blocks(self, plan: Sequence[tuple[int, int]]) -> Generator[Block, None, None]:
-        """Each block of `plan` in turn (`block`)."""
+        """Each block of parent latents [lo, hi) of `plan` in turn: its co-activations and the
+        block as its one part, sliced from what lies on the device."""
         for lo, hi in plan:
-            yield self.block(lo, hi)
-
-    def block(self, lo: int, hi: int) -> Block:
-        """The co-activations of parent latents [lo, hi) and the block as its parts."""
-        first, last = int(self.p_indptr[lo]), int(self.p_indptr[hi])
-        tokens = self.p_tokens[first:last]
-        coacts = int(self.per_token[tokens.long()].sum())
-        part = layout.DeviceBlock(
-            self.p_indptr[lo : hi + 1] - first,
-            tokens,
-            self.p_values[first:last],
-            self.c_indptr,
-            self.c_indices,
-            self.c_values,
-        )
-        return coacts, iter([part])
+            first, last = int(self.p_indptr[lo]), int(self.p_indptr[hi])
+            tokens = self.p_tokens[first:last]
+            coacts = int(self.per_token[tokens.long()].sum())
+            part = layout.DeviceBlock(
+                self.p_indptr[lo : hi + 1] - first,
+                tokens,
+                self.p_values[first:last],
+                self.c_indptr,
+                self.c_indices,
+                self.c_values,
+            )
+            yield coacts, iter([part])
 
 
 class Streamed:
@@ -97,22 +94,18 @@ class Streamed:
         self._kept: tuple[torch.Tensor, ...] | None = None  # the child, when one range holds it
 
     def blocks(self, plan: Sequence[tuple[int, int]]) -> Generator[Block, None, None]:
-        """Each block of `plan` in turn (`block`), the next one gathered on the host while the
-        caller works on this one: two blocks' entries on the host at most (a block's are within
-        a quarter of the engine's working budget). Only the gathering thread runs compiled
-        parallel code meanwhile (numba's default thread pool takes one caller at a time)."""
+        """Each block of parent latents [lo, hi) of `plan` in turn: its co-activations and the
+        block as its parts (one per range of tokens, copied to the device as the kernel asks
+        for it). The next block is gathered on the host while the caller works on this one:
+        two blocks' entries on the host at most (a block's are within a quarter of the engine's
+        working budget). Only the gathering thread runs compiled parallel code meanwhile
+        (numba's default thread pool takes one caller at a time)."""
         with ThreadPoolExecutor(1, thread_name_prefix="gather") as pool:
             ahead: Future[tuple[int, list[layout.LatentMajor]]] | None = None
             for i, (lo, hi) in enumerate(plan):
                 coacts, parts = ahead.result() if ahead is not None else self._gather(lo, hi)
                 ahead = pool.submit(self._gather, *plan[i + 1]) if i + 1 < len(plan) else None
                 yield coacts, self._on_device(parts)
-
-    def block(self, lo: int, hi: int) -> Block:
-        """The co-activations of parent latents [lo, hi) and the block as its parts (one per
-        range of tokens, copied to the device as the kernel asks for it)."""
-        coacts, parts = self._gather(lo, hi)
-        return coacts, self._on_device(parts)
 
     def _gather(self, lo: int, hi: int) -> tuple[int, list[layout.LatentMajor]]:
         """Parent latents [lo, hi) latent-major on the host, one part per range of tokens (each

@@ -196,10 +196,8 @@ def test_activations_stay_whole_on_the_device_while_they_fit() -> None:
     assert isinstance(placement.place(parent, child, cpu, need), placement.Resident)
     streamed = placement.place(parent, child, cpu, need - 1)
     assert isinstance(streamed, placement.Streamed) and streamed.n_ranges == 1  # one range: kept
-    _coacts, parts = streamed.block(0, 5)
-    first = next(parts)
-    _coacts, parts = streamed.block(0, 5)
-    assert next(parts).c_indices is first.c_indices  # copied to the device once for every block
+    (_, first), (_, second) = streamed.blocks([(0, 2), (2, 5)])
+    assert next(second).c_indices is next(first).c_indices  # copied to the device once
 
 
 @pytest.mark.parametrize("memory", [None, 200])  # one range of tokens, or several
@@ -237,7 +235,7 @@ def test_streamed_blocks_are_gathered_one_ahead_in_a_thread_of_their_own(
             while len(asked) < min(i + 2, len(plan)) and time.monotonic() < deadline:
                 time.sleep(0.001)
             assert [lo for lo, _ in asked] == [lo for lo, _ in plan[: i + 2]]
-            want_coacts, want_parts = alone.block(lo, hi)
+            want_coacts, want_parts = next(alone.blocks([(lo, hi)]))
             assert coacts == want_coacts
             for got, want in itertools.zip_longest(parts, want_parts):
                 for name in ("p_indptr", "p_tokens", "p_values", "c_indptr", "c_indices"):
